@@ -1,0 +1,60 @@
+# Studio's two commands: `make run` and `make test`. Both run `make setup` first and are safe
+# to rerun: each step below is skipped when its work is already done.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup run test lint web worker scheduler
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# torch is pinned first so the project's torch range resolves to the CPU wheel on disk
+# instead of a multi-GB CUDA build. The stamp is redone whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+	$(PY) manage.py createdb
+	$(PY) manage.py migrate --noinput
+
+# Web server, one worker and the scheduler in the foreground; Ctrl-C stops all three.
+run: setup
+	@echo ""
+	@echo "  Studio is starting on http://$(HOST):$(PORT)/"
+	@echo "  Create an admin in another terminal with: $(PY) manage.py createsuperuser"
+	@echo "  Ctrl-C stops the web server, the worker and the scheduler."
+	@echo ""
+	@mkdir -p .run
+	@trap 'kill 0' INT TERM EXIT; \
+	$(MAKE) --no-print-directory web & \
+	$(MAKE) --no-print-directory worker & \
+	$(MAKE) --no-print-directory scheduler & \
+	wait
+
+web:
+	$(PY) -m uvicorn studio.asgi:application --host $(HOST) --port $(PORT) --ws websockets-sansio
+
+# One worker process per device and one job at a time (prefetch 1, late acks): a diffusion
+# job holds the whole GPU, and a prefetched message would wait behind it, unfair and unsafe.
+worker:
+	$(PY) -m celery -A studio worker --loglevel=INFO --concurrency=1 --prefetch-multiplier=1 \
+		--queues=generation,celery
+
+scheduler:
+	@mkdir -p .run
+	$(PY) -m celery -A studio beat --loglevel=INFO --schedule=.run/celerybeat-schedule
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint:
+	$(VENV)/bin/ruff check .

@@ -1,0 +1,7 @@
+from django.urls import path
+
+from .consumers import HelloConsumer
+
+websocket_urlpatterns = [
+    path("ws/hello/", HelloConsumer.as_asgi()),
+]

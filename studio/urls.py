@@ -1,0 +1,27 @@
+"""The root URLconf: the one place that mounts every app (DESIGN §1)."""
+
+from django.contrib import admin
+from django.urls import include, path
+
+from . import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("healthz", views.healthz, name="healthz"),
+    path("signup/", views.signup, name="signup"),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("profile/", views.profile, name="profile"),
+    path("profile/tokens/", views.token_create, name="token_create"),
+    path("profile/tokens/<uuid:token_id>/revoke/", views.token_revoke, name="token_revoke"),
+    path("profile/delete/", views.account_delete, name="account_delete"),
+    path("teams/", views.team_list, name="team_list"),
+    path("teams/<uuid:team_id>/", views.team_detail, name="team_detail"),
+    path("teams/<uuid:team_id>/members/", views.team_add_member, name="team_add_member"),
+    path(
+        "teams/<uuid:team_id>/members/<int:user_id>/",
+        views.team_member_update,
+        name="team_member_update",
+    ),
+    path("teams/<uuid:team_id>/leave/", views.team_leave, name="team_leave"),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,153 @@
+"""Shared fixtures: the people (DESIGN §7), a live ASGI server and a real Celery worker.
+
+alice owns things, bob is alice's teammate, carol has no access, admin is staff.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "correct-horse-battery-staple"
+
+
+@pytest.fixture
+def alice(django_user_model):
+    return django_user_model.objects.create_user("alice", "alice@example.com", PASSWORD)
+
+
+@pytest.fixture
+def bob(django_user_model):
+    return django_user_model.objects.create_user("bob", "bob@example.com", PASSWORD)
+
+
+@pytest.fixture
+def carol(django_user_model):
+    return django_user_model.objects.create_user("carol", "carol@example.com", PASSWORD)
+
+
+@pytest.fixture
+def admin(django_user_model):
+    return django_user_model.objects.create_superuser("admin", "admin@example.com", PASSWORD)
+
+
+@pytest.fixture
+def team(alice, bob):
+    """alice's team, with bob as a member."""
+    from studio import services
+
+    team = services.team_create(owner=alice, name="Shapes")
+    services.team_add_member(team=team, actor=alice, username="bob")
+    return team
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    """Studio's real ASGI app under uvicorn, in a thread of the test process, so it shares
+    the test database (tests using it need `transactional_db` to see each other's rows)."""
+
+    def __init__(self):
+        from studio.asgi import application
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            application, host="127.0.0.1", port=self.port, ws="websockets-sansio",
+            lifespan="off", log_level="warning",
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the live server did not start")
+            time.sleep(0.05)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def studio_server(transactional_db):
+    server = LiveServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+def database_url() -> str:
+    """The URL of the database the tests use (pytest-django's test_ copy)."""
+    db = settings.DATABASES["default"]
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+class Worker:
+    """A real `celery worker` process on the real Redis, pointed at the test database."""
+
+    def __init__(self, queues: str = "celery,generation"):
+        self.queues = queues
+        self.proc: subprocess.Popen | None = None
+        self.log = ROOT / ".run" / f"test-worker-{os.getpid()}.log"
+
+    def start(self):
+        self.log.parent.mkdir(exist_ok=True)
+        env = dict(os.environ, DATABASE_URL=database_url(), HF_HUB_OFFLINE="1")
+        cmd = [
+            sys.executable, "-m", "celery", "-A", "studio", "worker", "--loglevel=INFO",
+            "--concurrency=1", "--prefetch-multiplier=1", f"--queues={self.queues}",
+            "--without-gossip", "--without-mingle", f"--hostname=test-{os.getpid()}@%h",
+        ]
+        with self.log.open("wb") as out:
+            # A session of its own, so a test can kill -9 the whole worker (parent and child).
+            self.proc = subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60):
+        from studio.celery import app
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log.read_text()[-2000:]}")
+            if app.control.ping(timeout=0.5):
+                return
+        raise RuntimeError(f"worker not ready: {self.log.read_text()[-2000:]}")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def celery_worker(transactional_db):
+    worker = Worker()
+    worker.start()
+    yield worker
+    worker.stop()

@@ -1,0 +1,58 @@
+"""What can be checked of the deployment files without a Docker engine."""
+
+import os
+import re
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_compose_has_every_service_with_healthchecks_and_a_gpu_worker():
+    compose = yaml.safe_load((ROOT / "docker/compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"postgres", "redis", "web", "worker", "scheduler"}
+    assert all("healthcheck" in service for service in services.values())
+    devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert "beat" in services["scheduler"]["command"]
+    assert {"media", "models"} <= set(compose["volumes"])
+
+
+def test_compose_builds_targets_the_dockerfile_defines():
+    compose = yaml.safe_load((ROOT / "docker/compose.yaml").read_text())
+    dockerfile = (ROOT / "docker/Dockerfile").read_text()
+    targets = set(re.findall(r"^FROM \S+ AS (\w+)", dockerfile, re.M))
+    for name in ("web", "worker", "scheduler"):
+        assert compose["services"][name]["build"]["target"] in targets
+
+
+def test_production_settings_pass_check_deploy():
+    env = dict(
+        os.environ, DEBUG="0", SECRET_KEY=secrets.token_urlsafe(60),
+        ALLOWED_HOSTS="studio.example.com",
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_production_refuses_to_start_without_a_secret_key():
+    env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
+    env["DEBUG"] = "0"
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "Set SECRET_KEY" in result.stderr
+
+
+@pytest.mark.django_db
+def test_healthz_reports_database_and_redis(client):
+    assert client.get("/healthz").json() == {"database": "ok", "redis": "ok"}

@@ -1,0 +1,81 @@
+import pytest
+from django.urls import reverse
+
+from studio import services
+from studio.models import Team
+
+pytestmark = pytest.mark.django_db
+
+
+def test_it_creates_a_team_with_its_creator_as_owner(client, alice):
+    client.force_login(alice)
+    response = client.post(reverse("team_list"), {"name": "Shapes"})
+    team = Team.objects.get(name="Shapes")
+    assert response.status_code == 302
+    assert team.role_of(alice) == "owner"
+
+
+def test_owner_adds_and_removes_members(client, alice, bob, carol, team):
+    client.force_login(alice)
+    client.post(reverse("team_add_member", args=[team.pk]), {"username": "carol"})
+    assert team.role_of(carol) == "member"
+    client.post(reverse("team_member_update", args=[team.pk, carol.pk]), {"action": "remove"})
+    assert team.role_of(carol) is None
+
+
+def test_adding_an_unknown_user_says_so(client, alice, team):
+    client.force_login(alice)
+    response = client.post(
+        reverse("team_add_member", args=[team.pk]), {"username": "nobody"}, follow=True
+    )
+    assert "There is no user called “nobody”." in response.content.decode()
+
+
+def test_a_member_cannot_change_members(client, bob, carol, team):
+    client.force_login(bob)
+    client.post(reverse("team_add_member", args=[team.pk]), {"username": "carol"})
+    assert team.role_of(carol) is None
+    with pytest.raises(services.TeamError):
+        services.team_add_member(team=team, actor=bob, username="carol")
+
+
+def test_a_stranger_gets_404(client, carol, team):
+    client.force_login(carol)
+    assert client.get(reverse("team_detail", args=[team.pk])).status_code == 404
+    assert client.post(reverse("team_leave", args=[team.pk])).status_code == 404
+    response = client.post(reverse("team_add_member", args=[team.pk]), {"username": "carol"})
+    assert response.status_code == 404
+    assert team.role_of(carol) is None
+
+
+def test_a_user_sees_only_their_own_teams(client, alice, carol, team):
+    services.team_create(owner=carol, name="Carol's secret team")
+    client.force_login(alice)
+    page = client.get(reverse("team_list")).content.decode()
+    assert "Shapes" in page
+    assert "Carol&#x27;s secret team" not in page and "Carol's secret team" not in page
+
+
+def test_a_member_leaves(client, bob, team):
+    client.force_login(bob)
+    client.post(reverse("team_leave", args=[team.pk]))
+    assert team.role_of(bob) is None
+
+
+def test_the_last_owner_cannot_leave_while_others_remain(alice, team):
+    with pytest.raises(services.TeamError, match="needs an owner"):
+        services.team_leave(team=team, user=alice)
+
+
+def test_owner_promotes_a_member_who_can_then_manage(alice, bob, carol, team):
+    services.team_set_role(team=team, actor=alice, user=bob, role="owner")
+    services.team_add_member(team=team, actor=bob, username="carol")
+    assert team.role_of(carol) == "member"
+    services.team_leave(team=team, user=alice)
+    assert team.role_of(alice) is None
+
+
+def test_the_last_member_leaving_deletes_the_team(alice):
+    team = services.team_create(owner=alice, name="Solo")
+    services.team_leave(team=team, user=alice)
+    assert not Team.objects.filter(pk=team.pk).exists()
