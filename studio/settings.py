@@ -216,3 +216,11 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }
+
+# --- Jobs (DESIGN §3) ---------------------------------------------------------------------
+STUDIO_MAX_QUEUED_PER_USER = envint("STUDIO_MAX_QUEUED_PER_USER", 20)
+STUDIO_MAX_SUBMITS_PER_MINUTE = envint("STUDIO_MAX_SUBMITS_PER_MINUTE", 30)
+# A running job whose last heartbeat is older than this is presumed dead and requeued.
+STUDIO_HEARTBEAT_TIMEOUT = envint("STUDIO_HEARTBEAT_TIMEOUT", 60)
+STUDIO_MAX_ATTEMPTS = envint("STUDIO_MAX_ATTEMPTS", 3)
+STUDIO_REAP_INTERVAL = envint("STUDIO_REAP_INTERVAL", 15)

@@ -49,6 +49,15 @@ def team(alice, bob):
     return team
 
 
+def run_async(coro):
+    """Run a coroutine to completion in a thread of its own, whatever loop this one has."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

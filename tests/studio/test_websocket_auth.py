@@ -1,4 +1,3 @@
-import asyncio
 import json
 
 import pytest
@@ -6,6 +5,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from studio import services
+from tests.conftest import run_async
 
 
 def hello(server, **headers):
@@ -13,7 +13,7 @@ def hello(server, **headers):
         async with connect(server.ws_url + "/ws/hello/", additional_headers=headers) as ws:
             return json.loads(await ws.recv())
 
-    return asyncio.run(go())
+    return run_async(go())
 
 
 def session_cookie(client, user):

@@ -1,0 +1,90 @@
+"""Jobs and their outputs. The database is the source of truth for a job's state (DESIGN §3)."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+from django.utils import timezone
+
+
+class Job(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELED = "canceled", "Canceled"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs"
+    )
+    # The validated recipe of the whole batch: `seed` is the batch's base seed (DESIGN §4).
+    recipe = models.JSONField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    attempt = models.PositiveSmallIntegerField(default=0)
+    cancel_requested = models.BooleanField(default=False)
+    worker = models.CharField(max_length=200, blank=True)
+    queued_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    # Seconds spent loading, per step and decoding; kept beside the recipe, never in it.
+    timings = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    # Every k-th step's preview as a data URL, so the gallery can replay the denoising.
+    trajectory = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["-queued_at"]
+        indexes = [
+            models.Index(fields=["status", "queued_at"], name="job_status_queued"),
+            models.Index(fields=["owner", "started_at"], name="job_owner_started"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.recipe.get('prompt', '')[:40]!r} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    @property
+    def group_name(self) -> str:
+        """The channel-layer group its progress is broadcast to."""
+        return f"job.{self.pk}"
+
+
+def output_path(output: "Output", filename: str) -> str:
+    # Built only from ids we generated, never from user input.
+    return f"outputs/{output.job_id}/{output.index}.png"
+
+
+class Output(models.Model):
+    """One finished image of a job's batch, with the recipe that reproduces exactly it."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="outputs")
+    index = models.PositiveSmallIntegerField()
+    image = models.FileField(upload_to=output_path, max_length=200)
+    recipe = models.JSONField()
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["job", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "index"], name="one_output_per_batch_index")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} #{self.index}"
+
+    def get_image_url(self) -> str:
+        return reverse("output_image", args=[self.pk])
