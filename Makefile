@@ -25,7 +25,18 @@ setup: $(VENV)/.installed
 	$(PY) manage.py createdb
 	$(PY) manage.py migrate --noinput
 
-# Web server, one worker and the scheduler in the foreground; Ctrl-C stops all three.
+WEB = $(PY) -m uvicorn studio.asgi:application --host $(HOST) --port $(PORT) --ws websockets-sansio
+# One worker process per device and one job at a time (prefetch 1, late acks): a diffusion
+# job holds the whole GPU, and a prefetched message would wait behind it, unfair and unsafe.
+WORKER = $(PY) -m celery -A studio worker --loglevel=INFO --concurrency=1 --prefetch-multiplier=1 \
+	--queues=generation --hostname=gpu@%h
+# Celery beat plus a small worker for upkeep (the reaper), apart from the GPU workers so it
+# runs even while every one of them is busy with a long job.
+SCHEDULER = $(PY) -m celery -A studio worker --beat --loglevel=INFO --pool=solo \
+	--queues=maintenance,celery --hostname=scheduler@%h --schedule=.run/celerybeat-schedule
+
+# Web server, one worker and the scheduler in the foreground; Ctrl-C stops all three, and so
+# does any one of them exiting.
 run: setup
 	@echo ""
 	@echo "  Studio is starting on http://$(HOST):$(PORT)/"
@@ -33,25 +44,22 @@ run: setup
 	@echo "  Ctrl-C stops the web server, the worker and the scheduler."
 	@echo ""
 	@mkdir -p .run
-	@trap 'kill 0' INT TERM EXIT; \
-	$(MAKE) --no-print-directory web & \
-	$(MAKE) --no-print-directory worker & \
-	$(MAKE) --no-print-directory scheduler & \
-	wait
+	@trap 'kill $$(jobs -p) 2>/dev/null; wait' INT TERM EXIT; \
+	$(WEB) & $(WORKER) & $(SCHEDULER) & \
+	wait -n
 
 web:
-	$(PY) -m uvicorn studio.asgi:application --host $(HOST) --port $(PORT) --ws websockets-sansio
+	$(WEB)
 
-# One worker process per device and one job at a time (prefetch 1, late acks): a diffusion
-# job holds the whole GPU, and a prefetched message would wait behind it, unfair and unsafe.
 worker:
-	$(PY) -m celery -A studio worker --loglevel=INFO --concurrency=1 --prefetch-multiplier=1 \
-		--queues=generation,celery
+	$(WORKER)
 
 scheduler:
 	@mkdir -p .run
-	$(PY) -m celery -A studio beat --loglevel=INFO --schedule=.run/celerybeat-schedule
+	$(SCHEDULER)
 
+# Tests use their own Redis database, so they never touch a running Studio's queues.
+test: export REDIS_URL ?= redis://127.0.0.1:6379/15
 test: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)

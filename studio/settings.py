@@ -192,7 +192,6 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT 
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_BEAT_SCHEDULE: dict = {}
 
 # --- Generation ---------------------------------------------------------------------------
 STUDIO_DEVICE = os.environ.get("STUDIO_DEVICE", "auto")
@@ -224,3 +223,12 @@ STUDIO_MAX_SUBMITS_PER_MINUTE = envint("STUDIO_MAX_SUBMITS_PER_MINUTE", 30)
 STUDIO_HEARTBEAT_TIMEOUT = envint("STUDIO_HEARTBEAT_TIMEOUT", 60)
 STUDIO_MAX_ATTEMPTS = envint("STUDIO_MAX_ATTEMPTS", 3)
 STUDIO_REAP_INTERVAL = envint("STUDIO_REAP_INTERVAL", 15)
+
+# The reaper runs on the scheduler's own queue, so it runs even while every GPU worker is busy.
+CELERY_TASK_ROUTES = {
+    "generation.run_job": {"queue": "generation"},
+    "generation.reap_jobs": {"queue": "maintenance"},
+}
+CELERY_BEAT_SCHEDULE = {
+    "reap-jobs": {"task": "generation.reap_jobs", "schedule": STUDIO_REAP_INTERVAL},
+}

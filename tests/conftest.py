@@ -112,7 +112,7 @@ def database_url() -> str:
 class Worker:
     """A real `celery worker` process on the real Redis, pointed at the test database."""
 
-    def __init__(self, queues: str = "celery,generation"):
+    def __init__(self, queues: str = "generation,maintenance,celery"):
         self.queues = queues
         self.proc: subprocess.Popen | None = None
         self.log = ROOT / ".run" / f"test-worker-{os.getpid()}.log"
@@ -160,3 +160,31 @@ def celery_worker(transactional_db):
     worker.start()
     yield worker
     worker.stop()
+
+
+class BrokerQueue:
+    """The generation queue in the real Redis broker, emptied around a test."""
+
+    def __init__(self):
+        from redis import Redis
+
+        from generation.services import QUEUE
+
+        self.redis = Redis.from_url(settings.CELERY_BROKER_URL)
+        self.name = QUEUE
+
+    def clear(self):
+        self.redis.delete(self.name)
+
+    def backlog(self) -> int:
+        from generation.workers import broker_backlog
+
+        return broker_backlog()
+
+
+@pytest.fixture
+def celery_queue():
+    broker = BrokerQueue()
+    broker.clear()
+    yield broker
+    broker.clear()

@@ -20,7 +20,7 @@ def test_compose_has_every_service_with_healthchecks_and_a_gpu_worker():
     assert all("healthcheck" in service for service in services.values())
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
-    assert "beat" in services["scheduler"]["command"]
+    assert "--beat" in services["scheduler"]["command"]
     assert {"media", "models"} <= set(compose["volumes"])
 
 
