@@ -86,5 +86,24 @@ class Output(models.Model):
     def __str__(self) -> str:
         return f"{self.job_id} #{self.index}"
 
+    # The gallery serves the file and the page, behind its visibility check; an output and
+    # its gallery image share one UUID.
     def get_image_url(self) -> str:
-        return reverse("output_image", args=[self.pk])
+        return reverse("image_file", args=[self.pk])
+
+    def get_page_url(self) -> str:
+        return reverse("image_detail", args=[self.pk])
+
+
+class BlockedPhrase(models.Model):
+    """A word or phrase that submit refuses in prompts (the optional prompt blocklist)."""
+
+    phrase = models.CharField(max_length=200, unique=True)
+    note = models.CharField(max_length=200, blank=True, help_text="Why it is blocked.")
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["phrase"]
+
+    def __str__(self) -> str:
+        return self.phrase

@@ -10,12 +10,13 @@ django_asgi_app = get_asgi_application()
 # Imported after Django is set up: the routes import consumers, which import models.
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from generation.routing import websocket_urlpatterns as generation_ws  # noqa: E402
 from studio.routing import websocket_urlpatterns as studio_ws  # noqa: E402
 from studio.wsauth import WebsocketAuthMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": WebsocketAuthMiddleware(URLRouter([*studio_ws])),
+        "websocket": WebsocketAuthMiddleware(URLRouter([*studio_ws, *generation_ws])),
     }
 )

@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.postgres",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
@@ -201,12 +202,10 @@ if STUDIO_DEVICE not in ("auto", "cpu", "cuda"):
 STUDIO_THREADS = envint("STUDIO_THREADS", 0)
 STUDIO_DEMO_MODEL_NAME = "studio-demo"
 STUDIO_DEMO_MODEL_PATH = BASE_DIR / "generation" / "demo_model" / "weights"
-STUDIO_MODELS = {
-    STUDIO_DEMO_MODEL_NAME: str(STUDIO_DEMO_MODEL_PATH),
-    **parse_models(os.environ.get("STUDIO_MODELS", "")),
-}
+# Models beyond the demo model, which generation.registry always adds first.
+STUDIO_MODELS = parse_models(os.environ.get("STUDIO_MODELS", ""))
 STUDIO_DEFAULT_MODEL = os.environ.get("STUDIO_DEFAULT_MODEL", STUDIO_DEMO_MODEL_NAME)
-if STUDIO_DEFAULT_MODEL not in STUDIO_MODELS:
+if STUDIO_DEFAULT_MODEL not in (STUDIO_DEMO_MODEL_NAME, *STUDIO_MODELS):
     raise ImproperlyConfigured(f"STUDIO_DEFAULT_MODEL {STUDIO_DEFAULT_MODEL!r} is not a model")
 
 LOGGING = {

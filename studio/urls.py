@@ -23,5 +23,7 @@ urlpatterns = [
         name="team_member_update",
     ),
     path("teams/<uuid:team_id>/leave/", views.team_leave, name="team_leave"),
+    path("", include("generation.urls")),
+    path("", include("gallery.urls")),
     path("admin/", admin.site.urls),
 ]

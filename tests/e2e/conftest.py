@@ -21,11 +21,15 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, monkeypatch):
+@pytest.fixture(autouse=True)
+def _orm_beside_playwright(monkeypatch):
     # Playwright's sync API keeps an event loop in the test thread; the test's own ORM calls
     # are still synchronous and safe there.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+@pytest.fixture
+def page(browser):
     context = browser.new_context()
     page = context.new_page()
     page.set_default_timeout(15000)

@@ -1,0 +1,49 @@
+"""`/ws/jobs/<uuid>/`: the live view of one job (DESIGN §5). An adapter: it admits, relays
+and forwards a cancel to the service; job rules live in generation.services."""
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from . import services
+from .presenters import job_state
+
+
+class JobConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self):
+        user = self.scope.get("user")
+        self.job = await database_sync_to_async(services.get_job_for_user)(
+            user=user, job_id=self.scope["url_route"]["kwargs"]["job_id"]
+        )
+        if self.job is None:
+            # Not found and not allowed look the same: nobody learns which jobs exist.
+            await self.close(code=4404)
+            return
+        # Join before reading the state, so no message falls between the two.
+        await self.channel_layer.group_add(self.job.group_name, self.channel_name)
+        await self.accept()
+        await self.send_json(await database_sync_to_async(self.current_state)())
+
+    def current_state(self) -> dict:
+        self.job.refresh_from_db()
+        return {"type": "state", "job": job_state(self.job)}
+
+    async def disconnect(self, code):
+        if getattr(self, "job", None) is not None:
+            await self.channel_layer.group_discard(self.job.group_name, self.channel_name)
+
+    async def receive_json(self, content, **kwargs):
+        if content.get("type") != "cancel":
+            await self.send_json({"type": "error", "error": "Unknown message type."})
+            return
+        if self.job.owner_id != self.scope["user"].pk:
+            await self.send_json({"type": "error", "error": "Only the owner can cancel."})
+            return
+        await database_sync_to_async(services.job_cancel)(job=self.job)
+        await self.send_json(await database_sync_to_async(self.current_state)())
+
+    # Group messages from the worker, relayed as they are.
+    async def job_progress(self, event):
+        await self.send_json({k: v for k, v in event.items() if k != "type"} | {"type": "progress"})
+
+    async def job_state(self, event):
+        await self.send_json({"type": "state", "job": event["job"]})

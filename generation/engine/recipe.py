@@ -1,0 +1,227 @@
+"""The recipe (DESIGN §4): everything needed to make the same pixels again.
+
+A recipe is built from what a person asked for (``build_recipe``), validated once, loudly,
+before anything runs (``validate_recipe``), and completed by ``generate`` with what only the
+worker knows (device, dtype, threads). Its JSON form is a contract users' scripts rely on.
+"""
+
+import math
+from dataclasses import dataclass, field, replace
+from functools import cache
+from importlib import metadata
+from typing import Any
+
+import diffusers
+import torch
+
+SEED_MAX = 2**32 - 1
+MAX_STEPS = 1000
+MAX_GUIDANCE = 30.0
+MAX_BATCH = 8
+SIZE_MULTIPLE = 8
+DTYPES = ("float32", "float16", "bfloat16")
+DEVICES = ("cpu", "cuda")
+
+DEFAULT_SAMPLER = "DDIM"
+# The demo model's measured default (generation/demo_model, issue 4): adherence is highest
+# at guidance 1-3 and falls from 5 on.
+DEFAULT_GUIDANCE = 3.0
+DEFAULT_STEPS = 20
+
+
+class RecipeError(ValueError):
+    """One message per bad field, keyed by the field's name in the recipe's JSON."""
+
+    def __init__(self, errors: dict[str, str]):
+        super().__init__("; ".join(f"{key}: {message}" for key, message in errors.items()))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    source: str  # what a stock ``from_pretrained`` loads: a local directory or a hub id
+    hash: str = ""  # sha256 of the weight files (``weights_hash``)
+
+
+@dataclass(frozen=True)
+class SchedulerRef:
+    class_name: str  # a diffusers scheduler class
+    config: dict[str, Any]  # the full config it was built with
+
+
+@dataclass(frozen=True)
+class Versions:
+    studio: str
+    torch: str
+    diffusers: str
+
+    @classmethod
+    @cache
+    def current(cls) -> "Versions":
+        try:
+            studio = metadata.version("studio")
+        except metadata.PackageNotFoundError:
+            studio = "unknown"
+        return cls(studio=studio, torch=torch.__version__, diffusers=diffusers.__version__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    prompt: str
+    model: ModelRef
+    negative_prompt: str = ""
+    sampler: str = DEFAULT_SAMPLER
+    scheduler: SchedulerRef | None = None  # resolved from ``sampler`` by ``build_recipe``
+    steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE
+    seed: int = 0  # the batch's base seed; image i draws its noise from seed + i
+    batch_size: int = 1
+    batch_index: int = 0
+    subseed: int = 0
+    subseed_strength: float = 0.0
+    width: int = 64
+    height: int = 64
+    # Filled in by ``generate`` from the pipeline and the process that ran it.
+    dtype: str | None = None
+    device: str | None = None
+    threads: int | None = None
+    versions: Versions | None = field(default=None)
+
+    @property
+    def image_seed(self) -> int:
+        """The seed of this image's own noise, as AUTOMATIC1111 reports it."""
+        return self.seed + self.batch_index
+
+    def with_batch_index(self, index: int) -> "Recipe":
+        return replace(self, batch_index=index)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "model": {
+                "name": self.model.name,
+                "source": self.model.source,
+                "hash": self.model.hash,
+            },
+            "sampler": self.sampler,
+            "scheduler": None
+            if self.scheduler is None
+            else {"class": self.scheduler.class_name, "config": dict(self.scheduler.config)},
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "batch_index": self.batch_index,
+            "subseed": self.subseed,
+            "subseed_strength": self.subseed_strength,
+            "width": self.width,
+            "height": self.height,
+            "dtype": self.dtype,
+            "device": self.device,
+            "threads": self.threads,
+            "versions": None
+            if self.versions is None
+            else {
+                "studio": self.versions.studio,
+                "torch": self.versions.torch,
+                "diffusers": self.versions.diffusers,
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Recipe":
+        """The inverse of ``to_json``; a malformed document raises RecipeError, by field."""
+        try:
+            model = ModelRef(**data["model"])
+            scheduler = data.get("scheduler")
+            versions = data.get("versions")
+            fields = {key: data[key] for key in _SCALARS if key in data}
+            return cls(
+                model=model,
+                scheduler=None
+                if scheduler is None
+                else SchedulerRef(class_name=scheduler["class"], config=scheduler["config"]),
+                versions=None if versions is None else Versions(**versions),
+                **fields,
+            )
+        except (KeyError, TypeError) as exc:
+            raise RecipeError({"recipe": f"not a Studio recipe: {exc}"}) from exc
+
+
+_SCALARS = (
+    "prompt",
+    "negative_prompt",
+    "sampler",
+    "steps",
+    "guidance_scale",
+    "seed",
+    "batch_size",
+    "batch_index",
+    "subseed",
+    "subseed_strength",
+    "width",
+    "height",
+    "dtype",
+    "device",
+    "threads",
+)
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What a model can take, read from its configs (``load_spec``)."""
+
+    min_size: int
+    max_size: int
+    max_prompt_tokens: int
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_range(errors: dict, key: str, value: Any, low: int, high: int) -> None:
+    if not _is_int(value) or not low <= value <= high:
+        errors[key] = f"must be a whole number from {low} to {high}, not {value!r}"
+
+
+def _check_size(errors: dict, key: str, value: Any, limits: ModelLimits) -> None:
+    if not _is_int(value) or value % SIZE_MULTIPLE:
+        errors[key] = f"must be a multiple of {SIZE_MULTIPLE}, not {value!r}"
+    elif not limits.min_size <= value <= limits.max_size:
+        errors[key] = (
+            f"must be from {limits.min_size} to {limits.max_size} for this model, not {value}"
+        )
+
+
+def check_numbers(recipe: Recipe, limits: ModelLimits) -> dict[str, str]:
+    """Errors of the numeric fields, one per field."""
+    errors: dict[str, str] = {}
+    _check_range(errors, "steps", recipe.steps, 1, MAX_STEPS)
+    if not _is_number(recipe.guidance_scale) or not 0 <= recipe.guidance_scale <= MAX_GUIDANCE:
+        errors["guidance_scale"] = (
+            f"must be a number from 0 to {MAX_GUIDANCE:g}, not {recipe.guidance_scale!r}"
+        )
+    _check_range(errors, "seed", recipe.seed, 0, SEED_MAX)
+    _check_range(errors, "subseed", recipe.subseed, 0, SEED_MAX)
+    strength = recipe.subseed_strength
+    if not _is_number(strength) or not 0 <= strength <= 1:
+        errors["subseed_strength"] = f"must be a number from 0 to 1, not {strength!r}"
+    _check_range(errors, "batch_size", recipe.batch_size, 1, MAX_BATCH)
+    if "batch_size" not in errors:
+        _check_range(errors, "batch_index", recipe.batch_index, 0, recipe.batch_size - 1)
+    _check_size(errors, "width", recipe.width, limits)
+    _check_size(errors, "height", recipe.height, limits)
+    if recipe.threads is not None and (not _is_int(recipe.threads) or recipe.threads < 1):
+        errors["threads"] = f"must be a positive whole number, not {recipe.threads!r}"
+    if recipe.dtype is not None and recipe.dtype not in DTYPES:
+        errors["dtype"] = f"must be one of {', '.join(DTYPES)}, not {recipe.dtype!r}"
+    if recipe.device is not None and recipe.device not in DEVICES:
+        errors["device"] = f"must be one of {', '.join(DEVICES)}, not {recipe.device!r}"
+    return errors

@@ -1,0 +1,90 @@
+"""From what a person asked for to a complete, validated recipe, before anything is queued."""
+
+from dataclasses import replace
+
+from .models import ModelLoadError, ModelSpec, load_spec, weights_hash
+from .recipe import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    ModelRef,
+    Recipe,
+    RecipeError,
+    check_numbers,
+)
+from .samplers import SAMPLERS, make_scheduler, scheduler_class, scheduler_ref
+from .seeds import random_seed
+
+
+def validate_recipe(recipe: Recipe, spec: ModelSpec | None = None) -> None:
+    """Raise RecipeError with one message per bad field; ``spec`` defaults to the model's own.
+
+    Prompts longer than the text encoder reads are errors: the pipeline would cut them
+    silently, and the image would not show what the recipe says.
+    """
+    if spec is None:
+        try:
+            spec = load_spec(recipe.model.source)
+        except ModelLoadError as exc:
+            raise RecipeError({"model": f"cannot be read: {exc}"}) from exc
+    errors = check_numbers(recipe, spec.limits)
+    if recipe.sampler not in SAMPLERS:
+        errors["sampler"] = f"unknown sampler {recipe.sampler!r}; known: {', '.join(SAMPLERS)}"
+    if recipe.scheduler is not None and scheduler_class(recipe.scheduler.class_name) is None:
+        errors["scheduler"] = f"{recipe.scheduler.class_name!r} is not a diffusers scheduler"
+    limit = spec.limits.max_prompt_tokens
+    for key in ("prompt", "negative_prompt"):
+        text = getattr(recipe, key)
+        if not isinstance(text, str):
+            errors[key] = "must be text"
+        elif (count := spec.prompt_tokens(text)) > limit:
+            errors[key] = f"is {count} tokens long; this model reads at most {limit}"
+    if errors:
+        raise RecipeError(errors)
+
+
+def build_recipe(
+    *,
+    model: ModelRef,
+    prompt: str,
+    negative_prompt: str = "",
+    sampler: str = DEFAULT_SAMPLER,
+    steps: int = DEFAULT_STEPS,
+    guidance_scale: float = DEFAULT_GUIDANCE,
+    seed: int | None = None,
+    subseed: int = 0,
+    subseed_strength: float = 0.0,
+    width: int | None = None,
+    height: int | None = None,
+    batch_size: int = 1,
+) -> Recipe:
+    """A validated recipe with its scheduler resolved, ready to store with a job.
+
+    1. Read the model's spec: configs and tokenizer, not the weights.
+    2. Fill the defaults: a random seed (stored, so the recipe says which seed ran), the
+       model's native size, the weights' hash.
+    3. Validate every field, then resolve the sampler to its full scheduler config.
+    Device, dtype and threads stay empty: the worker that runs it fills them in.
+    """
+    try:
+        spec = load_spec(model.source)
+        model = model if model.hash else replace(model, hash=weights_hash(model.source))
+    except ModelLoadError as exc:
+        raise RecipeError({"model": f"cannot be read: {exc}"}) from exc
+    recipe = Recipe(
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        model=model,
+        sampler=sampler,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        seed=random_seed() if seed is None else seed,
+        subseed=subseed,
+        subseed_strength=subseed_strength,
+        width=spec.native_size if width is None else width,
+        height=spec.native_size if height is None else height,
+        batch_size=batch_size,
+    )
+    validate_recipe(recipe, spec)
+    scheduler = make_scheduler(sampler, spec.scheduler_config, recipe.seed, batch_size)
+    return replace(recipe, scheduler=scheduler_ref(scheduler))

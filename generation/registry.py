@@ -1,0 +1,41 @@
+"""The models this Studio knows: the bundled demo model and those named in STUDIO_MODELS.
+
+The engine knows sources, not names; this is the one place that maps a name to a source.
+"""
+
+from django.conf import settings
+
+from . import engine
+
+
+def models() -> dict[str, str]:
+    """{name: source} for every known model, the demo model first."""
+    demo = getattr(settings, "STUDIO_DEMO_MODEL_NAME", "studio-demo")
+    known = {demo: str(getattr(settings, "STUDIO_DEMO_MODEL_PATH", ""))}
+    known.update(getattr(settings, "STUDIO_MODELS", {}))
+    return known
+
+
+def default_name() -> str:
+    return getattr(settings, "STUDIO_DEFAULT_MODEL", None) or next(iter(models()))
+
+
+def get(name: str) -> engine.ModelRef | None:
+    """The model called ``name``, with the hash of its weights; None if no model has it.
+
+    Raises ModelLoadError when the model is known but its files cannot be read.
+    """
+    source = models().get(name)
+    if source is None:
+        return None
+    return engine.ModelRef(name=name, source=source, hash=engine.weights_hash(source))
+
+
+def device() -> tuple:
+    """(device, dtype) this process generates on, from STUDIO_DEVICE."""
+    return engine.resolve_device(getattr(settings, "STUDIO_DEVICE", "auto"))
+
+
+def threads() -> int | None:
+    """torch's thread count from STUDIO_THREADS; None (0 in the setting) keeps torch's own."""
+    return getattr(settings, "STUDIO_THREADS", 0) or None

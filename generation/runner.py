@@ -1,0 +1,121 @@
+"""Runs one claimed job on this worker: the glue between a Job row and the engine."""
+
+import base64
+import logging
+import math
+from dataclasses import replace
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.core.files.base import ContentFile
+
+from . import broadcast, engine, registry, services
+from .models import Job
+from .presenters import job_state
+
+log = logging.getLogger(__name__)
+
+# Frames kept for the gallery's replay of the denoising: about this many per job.
+TRAJECTORY_FRAMES = 24
+
+
+class StepReporter:
+    """Called by the engine after every step: heartbeat and cancel check in the database,
+    a preview to the job's websocket group, and every k-th preview kept for the trajectory."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self.every = max(1, math.ceil(job.total_steps / TRAJECTORY_FRAMES))
+        self.trajectory: list[dict] = []
+        self.keep_running = True
+
+    def on_step(self, step: int, total: int, preview: bytes | None, elapsed: float) -> None:
+        self.keep_running = services.job_progress(job=self.job, step=step)
+        url = _data_url(preview) if preview else None
+        broadcast.send(self.job.group_name, {
+            "type": "job.progress", "job": str(self.job.pk), "step": step, "total": total,
+            "elapsed": round(elapsed, 3), "preview": url,
+        })
+        if url and (step % self.every == 0 or step == total):
+            self.trajectory.append({"step": step, "image": url})
+
+    def should_cancel(self) -> bool:
+        return not self.keep_running
+
+
+def _data_url(preview: bytes) -> str:
+    kind = "webp" if preview[8:12] == b"WEBP" else "jpeg"
+    return f"data:image/{kind};base64,{base64.b64encode(preview).decode()}"
+
+
+def run(job: Job) -> str:
+    """Run a claimed job to an end state and announce it.
+
+    1. Load the model's pipeline (cached per model, device and dtype in this process).
+    2. Generate, reporting each step through a StepReporter.
+    3. Store every image as a PNG carrying its recipe, and finish the job with its outputs
+       in one transaction, or mark it canceled, or failed with a reason a person can read.
+    """
+    reporter = StepReporter(job)
+    try:
+        result = _generate(job, reporter)
+        if result.canceled:
+            outcome = _stopped(job)
+        else:
+            outputs = [_output_fields(job, image, recipe)
+                       for image, recipe in zip(result.images, result.recipes, strict=True)]
+            stored = services.job_finish(
+                job=job, outputs=outputs, timings=result.timings, trajectory=reporter.trajectory
+            )
+            outcome = "succeeded" if stored else "superseded"
+    except SoftTimeLimitExceeded:
+        limit = settings.CELERY_TASK_SOFT_TIME_LIMIT
+        services.job_fail(job=job, reason=f"The job took longer than the {limit} s time limit.")
+        outcome = "failed"
+    except Exception as exc:  # every failure ends the job, with its reason kept
+        log.exception("job %s failed", job.pk)
+        services.job_fail(job=job, reason=failure_reason(exc))
+        outcome = "failed"
+    job.refresh_from_db()
+    broadcast.send(job.group_name, {"type": "job.state", "job": job_state(job)}).result(5)
+    return outcome
+
+
+def _generate(job: Job, reporter: StepReporter):
+    recipe = engine.Recipe.from_json(job.recipe)
+    if recipe.threads is None:
+        recipe = replace(recipe, threads=registry.threads())
+    device, dtype = registry.device()
+    pipeline = engine.load_pipeline(recipe.model.source, device=device, dtype=dtype)
+    return engine.generate(
+        recipe, pipeline=pipeline, on_step=reporter.on_step, should_cancel=reporter.should_cancel
+    )
+
+
+def _stopped(job: Job) -> str:
+    """The run stopped early: canceled by its owner, or reaped and no longer ours."""
+    job.refresh_from_db()
+    if job.cancel_requested and services.job_mark_canceled(job=job):
+        return "canceled"
+    return "superseded"
+
+
+def _output_fields(job: Job, image, recipe) -> dict:
+    png = engine.png_with_recipe(image, recipe)
+    return {
+        "index": recipe.batch_index,
+        "image": ContentFile(png, name=f"{recipe.batch_index}.png"),
+        "recipe": recipe.to_json(),
+        "width": image.width,
+        "height": image.height,
+    }
+
+
+def failure_reason(exc: Exception) -> str:
+    """What went wrong, in words for the person who submitted the job."""
+    name = type(exc).__name__
+    if name == "OutOfMemoryError":
+        return "The GPU ran out of memory. Try a smaller size or batch."
+    if isinstance(exc, engine.ModelLoadError):
+        return f"The model could not be loaded: {exc}"
+    return f"Generation failed ({name}): {exc}"

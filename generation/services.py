@@ -1,0 +1,248 @@
+"""Job rules: the only place they live (DESIGN §3). Views, the API, the websocket consumer and
+the Celery task call these.
+
+Every state change is one conditional UPDATE (`... WHERE status = 'queued'`), so a message
+delivered twice, a reaper racing a worker, or two workers racing each other change a job once.
+"""
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, F, Max, OuterRef, Q, Subquery
+from django.utils import timezone
+
+from .models import Job, Output
+from .signals import job_succeeded
+
+log = logging.getLogger(__name__)
+
+QUEUE = "generation"
+
+
+class LimitExceeded(Exception):
+    """A per-user limit refused a submission; says which, and when to retry."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def get_job_for_user(*, user, job_id) -> Job | None:
+    """The one door to a job: None (a 404) unless the user owns it or is staff."""
+    if not getattr(user, "is_authenticated", False):
+        return None
+    jobs = Job.objects.all() if user.is_staff else Job.objects.filter(owner=user)
+    return jobs.filter(pk=job_id).first()
+
+
+# --- Submit -------------------------------------------------------------------------------
+
+
+def check_limits(user) -> None:
+    """Raise LimitExceeded when the user may not queue another job now."""
+    now = timezone.now()
+    queued = Job.objects.filter(owner=user, status=Job.Status.QUEUED).count()
+    limit = settings.STUDIO_MAX_QUEUED_PER_USER
+    if queued >= limit:
+        raise LimitExceeded(
+            f"You already have {queued} jobs waiting (the limit is {limit}). "
+            "Submit again when one of them has started.",
+            retry_after=5,
+        )
+    window = now - timedelta(seconds=60)
+    recent = Job.objects.filter(owner=user, queued_at__gt=window).order_by("queued_at")
+    per_minute = settings.STUDIO_MAX_SUBMITS_PER_MINUTE
+    times = list(recent.values_list("queued_at", flat=True)[: per_minute + 1])
+    if len(times) >= per_minute:
+        wait = math.ceil((times[0] + timedelta(seconds=60) - now).total_seconds())
+        raise LimitExceeded(
+            f"You submitted {len(times)} jobs in the last minute (the limit is {per_minute}). "
+            f"Try again in {max(wait, 1)} s.",
+            retry_after=max(wait, 1),
+        )
+
+
+def job_submit(*, user, recipe: dict) -> Job:
+    """Queue an already-validated recipe and dispatch it once the row is committed."""
+    check_limits(user)
+    with transaction.atomic():
+        job = Job.objects.create(owner=user, recipe=recipe, total_steps=recipe["steps"])
+        transaction.on_commit(lambda: dispatch(job.pk))
+    return job
+
+
+def dispatch(job_id) -> None:
+    from .tasks import run_job
+
+    run_job.apply_async(args=[str(job_id)], queue=QUEUE)
+
+
+# --- Claim, progress, finish --------------------------------------------------------------
+
+
+def fair_queue():
+    """Queued jobs in the order they should run.
+
+    Round-robin across users: the user served least recently (whose latest job started
+    longest ago, or never) goes first, oldest job first within a user. One user queueing 20
+    jobs gets one turn per round like everyone else. Every worker claims from the head of
+    this order, whatever job its message named, so the order holds with any number of workers.
+    """
+    last_served = (
+        Job.objects.filter(owner=OuterRef("owner"), started_at__isnull=False)
+        .order_by()
+        .values("owner")
+        .annotate(last=Max("started_at"))
+        .values("last")
+    )
+    return (
+        Job.objects.filter(status=Job.Status.QUEUED)
+        .annotate(last_served=Subquery(last_served))
+        .order_by(F("last_served").asc(nulls_first=True), "queued_at")
+    )
+
+
+def job_claim_next(*, worker: str) -> Job | None:
+    """Move the next job in fair order from queued to running, or return None if none waits."""
+    now = timezone.now()
+    with transaction.atomic():
+        job = fair_queue().select_for_update(skip_locked=True, of=("self",)).first()
+        if job is None:
+            return None
+        changed = Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
+            status=Job.Status.RUNNING, attempt=job.attempt + 1, worker=worker,
+            started_at=now, heartbeat=now, step=0, error="",
+        )
+    if changed != 1:
+        return None  # another worker got there first
+    job.refresh_from_db()
+    return job
+
+
+def job_progress(*, job: Job, step: int) -> bool:
+    """Record a step and a heartbeat. Returns False when the run must stop: the job was
+    canceled, or it was reaped and is no longer this attempt's to run."""
+    running = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempt=job.attempt)
+    changed = running.filter(cancel_requested=False).update(
+        step=step, heartbeat=timezone.now()
+    )
+    return changed == 1
+
+
+def job_finish(*, job: Job, outputs: list[dict], timings: dict, trajectory: list) -> bool:
+    """Store the outputs and mark the job succeeded, atomically and only for the attempt
+    that is still running it. Returns False (and stores nothing) otherwise."""
+    with transaction.atomic():
+        changed = Job.objects.filter(
+            pk=job.pk, status=Job.Status.RUNNING, attempt=job.attempt
+        ).update(
+            status=Job.Status.SUCCEEDED, finished_at=timezone.now(), step=job.total_steps,
+            timings=timings, trajectory=trajectory,
+        )
+        if changed != 1:
+            return False
+        stored = [Output.objects.create(job=job, **fields) for fields in outputs]
+        job_succeeded.send(sender=Job, job=job, outputs=stored)
+    return True
+
+
+def job_fail(*, job: Job, reason: str) -> bool:
+    changed = Job.objects.filter(
+        pk=job.pk, status=Job.Status.RUNNING, attempt=job.attempt
+    ).update(status=Job.Status.FAILED, finished_at=timezone.now(), error=reason)
+    return changed == 1
+
+
+def job_mark_canceled(*, job: Job) -> bool:
+    """The worker stopped a run because cancel was requested."""
+    changed = Job.objects.filter(
+        pk=job.pk, status=Job.Status.RUNNING, attempt=job.attempt
+    ).update(status=Job.Status.CANCELED, finished_at=timezone.now())
+    return changed == 1
+
+
+def job_cancel(*, job: Job) -> str:
+    """Cancel a job for its owner: a queued job at once, a running one within a step.
+    Returns the job's status after the request."""
+    now = timezone.now()
+    if Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
+        status=Job.Status.CANCELED, finished_at=now
+    ):
+        return Job.Status.CANCELED
+    Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(cancel_requested=True)
+    job.refresh_from_db()
+    return job.status
+
+
+# --- Reaper -------------------------------------------------------------------------------
+
+
+@dataclass
+class ReapReport:
+    requeued: int = 0
+    failed: int = 0
+    resent: int = 0
+
+
+def jobs_reap(*, broker_backlog: int) -> ReapReport:
+    """Recover from dead workers and lost messages (DESIGN §3).
+
+    1. A running job whose heartbeat is older than STUDIO_HEARTBEAT_TIMEOUT goes back to
+       queued while it has attempts left, else fails with the reason.
+    2. Every queued job needs a message in the broker; `broker_backlog` is how many wait
+       there now. Messages name no job that must run (workers claim in fair order), so the
+       reaper just tops the broker up to the number of queued jobs.
+    """
+    report = ReapReport()
+    stale = timezone.now() - timedelta(seconds=settings.STUDIO_HEARTBEAT_TIMEOUT)
+    for job in Job.objects.filter(status=Job.Status.RUNNING, heartbeat__lt=stale):
+        running = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempt=job.attempt)
+        if job.cancel_requested:
+            report.failed += running.update(status=Job.Status.CANCELED, finished_at=timezone.now())
+        elif job.attempt < settings.STUDIO_MAX_ATTEMPTS:
+            report.requeued += running.update(status=Job.Status.QUEUED, worker="", step=0)
+        else:
+            reason = (
+                f"The worker running this job stopped responding, {job.attempt} times. "
+                "It was not retried again."
+            )
+            report.failed += running.update(
+                status=Job.Status.FAILED, finished_at=timezone.now(), error=reason
+            )
+    queued = Job.objects.filter(status=Job.Status.QUEUED).count()
+    for _ in range(max(queued - broker_backlog, 0)):
+        dispatch(None)
+        report.resent += 1
+    if report.requeued or report.failed or report.resent:
+        log.warning("reaper: %s", report)
+    return report
+
+
+# --- Reads for pages ----------------------------------------------------------------------
+
+
+def queue_position(job: Job) -> int | None:
+    """How many queued jobs will start before this one (0: it is next), or None if it is
+    not queued. Exact for the fair order at this moment; later arrivals can change it."""
+    if job.status != Job.Status.QUEUED:
+        return None
+    ids = list(fair_queue().values_list("pk", flat=True))
+    return ids.index(job.pk) if job.pk in ids else None
+
+
+def queue_summary() -> list[dict]:
+    """Queued and running jobs per user, for the staff page."""
+    rows = (
+        Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+        .values("owner__username")
+        .annotate(
+            queued=Count("pk", filter=Q(status=Job.Status.QUEUED)),
+            running=Count("pk", filter=Q(status=Job.Status.RUNNING)),
+        )
+        .order_by("-queued", "owner__username")
+    )
+    return list(rows)

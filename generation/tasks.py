@@ -1,0 +1,25 @@
+"""Celery tasks: adapters that claim, call a service and report (DESIGN §1)."""
+
+import socket
+
+from celery import shared_task
+
+from . import runner, services
+from .workers import broker_backlog
+
+WORKER_NAME = socket.gethostname()
+
+
+@shared_task(name="generation.run_job")
+def run_job(job_id: str | None = None) -> str:
+    """Run the next job in fair order. `job_id` names the job this message was sent for;
+    the worker may run another (DESIGN §3), and every message runs at most one job."""
+    job = services.job_claim_next(worker=WORKER_NAME)
+    if job is None:
+        return "no job waiting"
+    return runner.run(job)
+
+
+@shared_task(name="generation.reap_jobs")
+def reap_jobs() -> dict:
+    return vars(services.jobs_reap(broker_backlog=broker_backlog()))

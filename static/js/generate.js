@@ -1,0 +1,217 @@
+// The generate page: submit without reloading, then watch the job over its websocket
+// (DESIGN §5): a state message on connect, a progress message per step, a final state.
+// Text from the server is always set with textContent, never parsed as HTML.
+(() => {
+  "use strict";
+  const form = document.getElementById("generate-form");
+  const seedInput = document.getElementById("id_seed");
+  const randomSeed = document.getElementById("random-seed");
+  const preview = document.getElementById("preview");
+  const previewEmpty = document.getElementById("preview-empty");
+  const bar = document.getElementById("progress-bar");
+  const statusText = document.getElementById("status-text");
+  const eta = document.getElementById("eta");
+  const cancelButton = document.getElementById("cancel-button");
+  const results = document.getElementById("results");
+  const recent = document.querySelector("#recent-jobs tbody");
+  let lastSeed = JSON.parse(document.getElementById("last-seed").textContent);
+  let socket = null;
+  let current = null;
+  let previewsDrawn = 0;
+
+  const syncSeed = () => {
+    seedInput.disabled = randomSeed.checked;
+    if (randomSeed.checked) seedInput.value = "";
+  };
+  randomSeed.addEventListener("change", syncSeed);
+  syncSeed();
+  document.getElementById("reuse-seed").addEventListener("click", () => {
+    if (lastSeed === null) return;
+    randomSeed.checked = false;
+    syncSeed();
+    seedInput.value = lastSeed;
+  });
+
+  function clearErrors() {
+    form.querySelectorAll("[data-error-for]").forEach((el) => { el.textContent = ""; });
+    form.querySelectorAll(".field.has-error").forEach((el) => el.classList.remove("has-error"));
+    document.getElementById("form-error").textContent = "";
+  }
+
+  function showErrors(errors) {
+    for (const [field, message] of Object.entries(errors)) {
+      const slot = form.querySelector(`[data-error-for="${CSS.escape(field)}"]`);
+      if (slot) {
+        slot.textContent = message;
+        slot.closest(".field").classList.add("has-error");
+      } else {
+        document.getElementById("form-error").textContent = message;
+      }
+    }
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearErrors();
+    const button = document.getElementById("generate-button");
+    button.disabled = true;
+    try {
+      const response = await fetch(form.action, {
+        method: "POST", body: new FormData(form), headers: { Accept: "application/json" },
+      });
+      const body = await response.json();
+      if (!response.ok) {
+        showErrors(body.errors || { __all__: body.error || "Something went wrong." });
+        return;
+      }
+      watch(body.job);
+    } catch (err) {
+      showErrors({ __all__: "Studio could not be reached. Check your connection and retry." });
+    } finally {
+      button.disabled = false;
+    }
+  });
+
+  cancelButton.addEventListener("click", () => {
+    if (socket && socket.readyState === WebSocket.OPEN) {
+      socket.send(JSON.stringify({ type: "cancel" }));
+      cancelButton.disabled = true;
+      statusText.textContent = "Canceling…";
+    }
+  });
+
+  function watch(job) {
+    if (socket) socket.close();
+    current = { id: job.id, startedAt: null };
+    previewsDrawn = 0;
+    results.replaceChildren();
+    preview.hidden = true;
+    previewEmpty.hidden = false;
+    bar.style.width = "0%";
+    cancelButton.hidden = false;
+    cancelButton.disabled = false;
+    lastSeed = job.seed;
+    addRecent(job);
+    render(job);
+    connect(job.id);
+  }
+
+  function connect(jobId, attempt = 0) {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    socket = new WebSocket(`${scheme}://${location.host}/ws/jobs/${jobId}/`);
+    const mine = socket;
+    socket.onmessage = (event) => {
+      const message = JSON.parse(event.data);
+      if (message.type === "state") render(message.job);
+      else if (message.type === "progress") progress(message);
+    };
+    socket.onclose = () => {
+      // Reconnect while the job is unfinished: the server resends the current state.
+      if (mine === socket && current && current.id === jobId && !current.finished && attempt < 20) {
+        setTimeout(() => connect(jobId, attempt + 1), Math.min(500 * 2 ** attempt, 5000));
+      }
+    };
+  }
+
+  function progress(message) {
+    if (!current || message.job !== current.id) return;
+    if (message.preview) {
+      preview.src = message.preview;
+      preview.hidden = false;
+      previewEmpty.hidden = true;
+      previewsDrawn += 1;
+      preview.dataset.drawn = String(previewsDrawn);
+    }
+    const fraction = message.step / message.total;
+    bar.style.width = `${(100 * fraction).toFixed(1)}%`;
+    statusText.textContent = `Step ${message.step} of ${message.total}`;
+    if (message.step > 0 && message.step < message.total) {
+      const remaining = (message.elapsed / message.step) * (message.total - message.step);
+      eta.textContent = `about ${remaining < 1 ? "<1" : Math.round(remaining)} s left`;
+    } else {
+      eta.textContent = "";
+    }
+  }
+
+  function render(job) {
+    if (!current || job.id !== current.id) return;
+    updateRecent(job);
+    if (job.status === "queued") {
+      statusText.textContent = job.queue_position === 0
+        ? "Queued — next up" : `Queued — ${job.queue_position} ahead of you`;
+    } else if (job.status === "running") {
+      statusText.textContent = `Step ${job.step} of ${job.total}`;
+    } else {
+      current.finished = true;
+      cancelButton.hidden = true;
+      eta.textContent = "";
+      if (job.status === "succeeded") {
+        bar.style.width = "100%";
+        statusText.textContent = `Done — seed ${job.seed}`;
+        showResults(job.images);
+      } else if (job.status === "failed") {
+        statusText.textContent = `Failed: ${job.error}`;
+      } else {
+        statusText.textContent = "Canceled";
+      }
+    }
+  }
+
+  function showResults(images) {
+    results.replaceChildren(...images.map((image) => {
+      const link = document.createElement("a");
+      link.href = image.page_url || image.url;
+      link.className = "result";
+      const img = document.createElement("img");
+      img.src = image.url;
+      img.alt = `Result ${image.index + 1}, seed ${image.seed}`;
+      const caption = document.createElement("span");
+      caption.textContent = `seed ${image.seed}`;
+      link.append(img, caption);
+      return link;
+    }));
+    if (images.length) {
+      preview.src = images[0].url;
+      preview.hidden = false;
+      previewEmpty.hidden = true;
+    }
+  }
+
+  function addRecent(job) {
+    recent.querySelector("tr.empty")?.remove();
+    const row = document.createElement("tr");
+    row.dataset.job = job.id;
+    const cells = [job.prompt, "", "just now", ""].map((text) => {
+      const td = document.createElement("td");
+      td.textContent = text;
+      return td;
+    });
+    cells[0].className = "prompt-cell";
+    row.append(...cells);
+    recent.prepend(row);
+  }
+
+  function updateRecent(job) {
+    const row = recent.querySelector(`tr[data-job="${CSS.escape(job.id)}"]`);
+    if (!row) return;
+    const badge = document.createElement("span");
+    badge.className = `badge ${job.status}`;
+    badge.textContent = job.status[0].toUpperCase() + job.status.slice(1);
+    row.children[1].replaceChildren(badge);
+    const images = row.children[3];
+    images.replaceChildren(...job.images.map((image) => {
+      const link = document.createElement("a");
+      link.href = image.page_url || image.url;
+      link.className = "thumb-link";
+      const img = document.createElement("img");
+      img.src = image.url;
+      img.className = "mini";
+      img.alt = `image ${image.index}`;
+      link.append(img);
+      return link;
+    }));
+    if (job.error) images.append(Object.assign(document.createElement("span"), {
+      className: "muted", textContent: job.error,
+    }));
+  }
+})();

@@ -1,0 +1,53 @@
+"""Cancel: checked after every model call, the run stops within one step."""
+
+from generation import engine
+
+
+def count_unet_calls(pipeline):
+    calls = []
+    handle = pipeline.unet.register_forward_pre_hook(lambda *_: calls.append(1))
+    return calls, handle
+
+
+def test_it_stops_within_one_step_and_reports_canceled(make_recipe, tiny_pipeline):
+    steps = []
+    calls, handle = count_unet_calls(tiny_pipeline)
+    try:
+        result = engine.generate(
+            make_recipe(steps=8),
+            pipeline=tiny_pipeline,
+            on_step=lambda step, *_: steps.append(step),
+            should_cancel=lambda: len(steps) >= 3,
+        )
+    finally:
+        handle.remove()
+    assert result.canceled and result.images == [] and result.recipes == []
+    assert steps == [1, 2, 3] and len(calls) == 3
+
+
+def test_a_second_order_sampler_stops_after_the_model_call_that_saw_it(make_recipe, tiny_pipeline):
+    calls, handle = count_unet_calls(tiny_pipeline)
+    try:
+        # Heun calls the model twice a step; asked after the third call, mid-step.
+        result = engine.generate(
+            make_recipe(sampler="Heun", steps=6),
+            pipeline=tiny_pipeline,
+            should_cancel=lambda: len(calls) >= 3,
+        )
+    finally:
+        handle.remove()
+    assert result.canceled and len(calls) == 3
+
+
+def test_canceled_before_the_first_step_runs_nothing(make_recipe, tiny_pipeline):
+    calls, handle = count_unet_calls(tiny_pipeline)
+    try:
+        result = engine.generate(make_recipe(), pipeline=tiny_pipeline, should_cancel=lambda: True)
+    finally:
+        handle.remove()
+    assert result.canceled and calls == []
+
+
+def test_a_run_not_canceled_finishes(make_recipe, tiny_pipeline):
+    result = engine.generate(make_recipe(), pipeline=tiny_pipeline, should_cancel=lambda: False)
+    assert not result.canceled and len(result.images) == 1

@@ -1,0 +1,128 @@
+"""Job rules (DESIGN §3) on the real Postgres: limits, fair claiming, cancel, the reaper."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from generation import services
+from generation.models import Job
+
+pytestmark = pytest.mark.django_db
+
+
+def queue(user, n=1, **fields):
+    recipe = {"prompt": f"a red circle by {user.username}", "steps": 4, "seed": 1}
+    return [
+        Job.objects.create(owner=user, recipe=recipe, total_steps=4, **fields) for _ in range(n)
+    ]
+
+
+def finish(job):
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.SUCCEEDED)
+
+
+def test_the_queue_is_round_robin_across_users(alice, bob):
+    queue(alice, 5)
+    queue(bob, 1)
+    order = []
+    while (job := services.job_claim_next(worker="w")) is not None:
+        order.append(job.owner.username)
+        finish(job)
+    assert order == ["alice", "bob", "alice", "alice", "alice", "alice"]
+
+
+def test_a_late_user_is_served_before_the_busy_users_next_job(alice, bob):
+    queue(alice, 20)
+    first = services.job_claim_next(worker="w")
+    finish(first)
+    queue(bob, 1)
+    assert services.job_claim_next(worker="w").owner == bob
+
+
+def test_a_job_is_claimed_once(alice):
+    (job,) = queue(alice)
+    assert services.job_claim_next(worker="w1").pk == job.pk
+    assert services.job_claim_next(worker="w2") is None
+    job.refresh_from_db()
+    assert job.status == "running" and job.attempt == 1 and job.worker == "w1"
+
+
+def test_progress_from_a_superseded_attempt_is_refused(alice):
+    queue(alice)
+    job = services.job_claim_next(worker="w1")
+    Job.objects.filter(pk=job.pk).update(attempt=2)
+    assert services.job_progress(job=job, step=1) is False
+    assert services.job_finish(job=job, outputs=[], timings={}, trajectory=[]) is False
+
+
+def test_the_queued_limit_says_which_limit(alice, settings):
+    settings.STUDIO_MAX_QUEUED_PER_USER = 2
+    queue(alice, 2)
+    with pytest.raises(services.LimitExceeded, match="2 jobs waiting \\(the limit is 2\\)"):
+        services.job_submit(user=alice, recipe={"steps": 4})
+
+
+def test_the_per_minute_limit_says_when_to_retry(alice, settings):
+    settings.STUDIO_MAX_SUBMITS_PER_MINUTE = 3
+    for job in queue(alice, 3):
+        Job.objects.filter(pk=job.pk).update(
+            status=Job.Status.SUCCEEDED, queued_at=timezone.now() - timedelta(seconds=50)
+        )
+    with pytest.raises(services.LimitExceeded, match="last minute") as err:
+        services.job_submit(user=alice, recipe={"steps": 4})
+    assert 1 <= err.value.retry_after <= 11
+    assert f"Try again in {err.value.retry_after} s" in str(err.value)
+
+
+def test_canceling_a_queued_job_is_immediate(alice):
+    (job,) = queue(alice)
+    assert services.job_cancel(job=job) == "canceled"
+    assert services.job_claim_next(worker="w") is None
+
+
+def test_canceling_a_running_job_stops_its_next_step(alice):
+    queue(alice)
+    job = services.job_claim_next(worker="w")
+    assert services.job_cancel(job=job) == "running"
+    assert services.job_progress(job=job, step=1) is False
+    assert services.job_mark_canceled(job=job)
+
+
+def stale(job, seconds=3600):
+    Job.objects.filter(pk=job.pk).update(heartbeat=timezone.now() - timedelta(seconds=seconds))
+
+
+def test_the_reaper_requeues_a_job_with_a_stale_heartbeat(alice):
+    queue(alice)
+    job = services.job_claim_next(worker="w")
+    stale(job)
+    report = services.jobs_reap(broker_backlog=1)
+    job.refresh_from_db()
+    assert (job.status, job.attempt, report.requeued) == ("queued", 1, 1)
+    assert services.job_claim_next(worker="w2").attempt == 2
+
+
+def test_the_reaper_fails_a_job_out_of_attempts_with_the_reason(alice, settings):
+    settings.STUDIO_MAX_ATTEMPTS = 1
+    queue(alice)
+    job = services.job_claim_next(worker="w")
+    stale(job)
+    services.jobs_reap(broker_backlog=0)
+    job.refresh_from_db()
+    assert job.status == "failed" and "stopped responding" in job.error
+
+
+def test_the_reaper_leaves_a_live_job_alone(alice):
+    queue(alice)
+    job = services.job_claim_next(worker="w")
+    services.jobs_reap(broker_backlog=0)
+    job.refresh_from_db()
+    assert job.status == "running"
+
+
+def test_the_reaper_resends_messages_for_queued_jobs_the_broker_lost(alice, celery_queue):
+    queue(alice, 3)
+    report = services.jobs_reap(broker_backlog=1)
+    assert report.resent == 2
+    assert celery_queue.backlog() == 2

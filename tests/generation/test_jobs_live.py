@@ -1,0 +1,145 @@
+"""Jobs end to end (issue 5): a real Celery worker process, the real Redis broker and
+channel layer, real websocket connections to a live uvicorn server."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from generation import recipes, services
+from generation.models import Job
+from generation.workers import broker_backlog
+from studio.services import token_create
+from tests.conftest import run_async
+
+STEPS = 6
+
+
+@pytest.fixture
+def job_model(settings, tiny_model):
+    settings.STUDIO_MODELS = {**settings.STUDIO_MODELS, "tiny": tiny_model}
+    return "tiny"
+
+
+def submit(user, model, **params) -> Job:
+    params = {"prompt": "red circle", "model": model, "steps": STEPS,
+              "seed": 42, "width": 32, "height": 32, **params}
+    return services.job_submit(user=user, recipe=recipes.recipe_from_params(params))
+
+
+def bearer(user) -> dict:
+    return {"Authorization": f"Bearer {token_create(user=user, name='test')[1]}"}
+
+
+def watch(server, job, headers, *, until_final=True, send=None, timeout=120):
+    """Connect to the job's socket and collect messages until its final state."""
+
+    async def go():
+        messages, pending = [], send
+        url = f"{server.ws_url}/ws/jobs/{job.pk}/"
+        async with connect(url, additional_headers=headers, open_timeout=10) as ws:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                message = json.loads(await ws.recv())
+                messages.append(message)
+                if pending and pending[0](message):
+                    await ws.send(json.dumps(pending[1]))
+                    pending = None
+                final = message["type"] == "state" and message["job"]["status"] in Job.FINISHED
+                if final or not until_final:
+                    return messages
+        raise AssertionError(f"no final state in {timeout}s: {messages[-3:]}")
+
+    return run_async(go())
+
+
+def progress(messages):
+    return [m for m in messages if m["type"] == "progress"]
+
+
+def test_submit_streams_every_step_then_succeeds_with_images(
+    studio_server, celery_worker, alice, job_model, client
+):
+    job = submit(alice, job_model, batch_size=2)
+    messages = watch(studio_server, job, bearer(alice))
+    assert messages[0]["type"] == "state"
+    steps = [m["step"] for m in progress(messages)]
+    assert steps == list(range(1, STEPS + 1))
+    assert all(m["preview"].startswith("data:image/") for m in progress(messages))
+    final = messages[-1]["job"]
+    assert final["status"] == "succeeded" and len(final["images"]) == 2
+    client.force_login(alice)
+    png = client.get(final["images"][0]["url"])
+    assert png.status_code == 200 and png.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+    job.refresh_from_db()
+    assert job.outputs.count() == 2 and job.trajectory
+
+
+def test_cancel_mid_run(studio_server, celery_worker, alice, job_model):
+    job = submit(alice, job_model, steps=200)
+    is_running = lambda m: m["type"] == "progress" and m["step"] >= 2  # noqa: E731
+    messages = watch(studio_server, job, bearer(alice), send=(is_running, {"type": "cancel"}))
+    assert messages[-1]["job"]["status"] == "canceled"
+    assert progress(messages)[-1]["step"] < 200
+    job.refresh_from_db()
+    assert job.status == "canceled" and job.outputs.count() == 0
+
+
+def test_a_late_connection_gets_the_current_state(studio_server, celery_worker, alice, job_model):
+    job = submit(alice, job_model)
+    watch(studio_server, job, bearer(alice))
+    late = watch(studio_server, job, bearer(alice), until_final=False)
+    assert late[0]["type"] == "state" and late[0]["job"]["status"] == "succeeded"
+    assert len(late[0]["job"]["images"]) == 1
+
+
+def test_carol_cannot_watch_alices_job(studio_server, alice, carol, job_model):
+    job = submit(alice, job_model)
+    with pytest.raises(InvalidStatus):
+        watch(studio_server, job, bearer(carol), until_final=False)
+
+
+def test_anonymous_and_foreign_origin_connections_are_refused(
+    studio_server, alice, job_model, client
+):
+    job = submit(alice, job_model)
+    with pytest.raises(InvalidStatus):
+        watch(studio_server, job, {"Origin": studio_server.url}, until_final=False)
+    client.force_login(alice)
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    with pytest.raises(InvalidStatus):
+        watch(studio_server, job, {"Origin": "https://evil.example", "Cookie": cookie},
+              until_final=False)
+    ok = watch(studio_server, job, {"Origin": studio_server.url, "Cookie": cookie},
+               until_final=False)
+    assert ok[0]["job"]["id"] == str(job.pk)
+
+
+def wait_for(predicate, timeout=60, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def test_a_killed_worker_job_is_redelivered_and_finishes_exactly_once(
+    celery_queue, celery_worker, alice, job_model, settings
+):
+    job = submit(alice, job_model, steps=400)
+    assert wait_for(lambda: Job.objects.get(pk=job.pk).step >= 2)
+    os.killpg(celery_worker.proc.pid, signal.SIGKILL)  # the parent and its child, no goodbye
+    celery_worker.proc.wait()
+    settings.STUDIO_HEARTBEAT_TIMEOUT = 1
+    time.sleep(1.5)
+    report = services.jobs_reap(broker_backlog=broker_backlog())
+    assert (report.requeued, report.resent) == (1, 1)
+    celery_worker.start()
+    assert wait_for(lambda: Job.objects.get(pk=job.pk).status == "succeeded", timeout=120)
+    job.refresh_from_db()
+    assert job.attempt == 2 and job.outputs.count() == 1
