@@ -1,0 +1,104 @@
+"""The generate page's HTTP side: validation by field, limits, the blocklist, staff queue."""
+
+import pytest
+from django.urls import reverse
+
+from generation.models import BlockedPhrase, Job
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def tiny(settings, tiny_model):
+    settings.STUDIO_MODELS = {**settings.STUDIO_MODELS, "tiny": tiny_model}
+    return "tiny"
+
+
+def post(client, **params):
+    data = {"prompt": "red circle", "model": "tiny", "steps": "4", "width": "32", "height": "32",
+            **params}
+    return client.post(reverse("job_submit"), data)
+
+
+def test_the_page_needs_a_login(client):
+    assert client.get(reverse("generate")).status_code == 302
+
+
+def test_the_page_lists_models_and_samplers(client, alice, tiny):
+    client.force_login(alice)
+    page = client.get(reverse("generate")).content.decode()
+    assert '<option value="tiny"' in page and '<option value="Euler a"' in page
+
+
+def test_a_valid_submission_queues_a_job_with_a_recorded_seed(client, alice, tiny):
+    client.force_login(alice)
+    response = post(client)
+    assert response.status_code == 201
+    job = Job.objects.get(pk=response.json()["job"]["id"])
+    assert job.owner == alice and 0 <= job.recipe["seed"] < 2**32
+    assert response.json()["job"]["queue_position"] == 0
+
+
+def test_each_bad_field_gets_its_own_error(client, alice, tiny):
+    client.force_login(alice)
+    response = post(client, steps="0", width="33", guidance_scale="abc", sampler="Nope")
+    assert response.status_code == 400
+    errors = response.json()["errors"]
+    assert set(errors) == {"guidance_scale"}  # typing errors come first, alone
+    errors = post(client, steps="0", width="33", sampler="Nope").json()["errors"]
+    assert {"steps", "width", "sampler"} <= set(errors)
+    assert "multiple of 8" in errors["width"]
+
+
+def test_an_unknown_model_is_named(client, alice, tiny):
+    client.force_login(alice)
+    errors = post(client, model="nope").json()["errors"]
+    assert "Unknown model" in errors["model"]
+
+
+def test_the_queued_limit_answers_429_with_its_message(client, alice, tiny, settings):
+    settings.STUDIO_MAX_QUEUED_PER_USER = 1
+    client.force_login(alice)
+    assert post(client).status_code == 201
+    response = post(client)
+    assert response.status_code == 429 and response["Retry-After"]
+    assert "the limit is 1" in response.json()["errors"]["__all__"]
+
+
+def test_the_per_minute_limit_answers_429_with_when_to_retry(client, alice, tiny, settings):
+    settings.STUDIO_MAX_SUBMITS_PER_MINUTE = 1
+    client.force_login(alice)
+    post(client)
+    response = post(client)
+    assert response.status_code == 429
+    assert f"Try again in {response['Retry-After']} s" in response.json()["errors"]["__all__"]
+
+
+def test_a_blocked_phrase_is_refused_at_submit(client, alice, tiny):
+    BlockedPhrase.objects.create(phrase="Circle")
+    client.force_login(alice)
+    response = post(client)
+    assert response.status_code == 400
+    assert "“Circle”" in response.json()["errors"]["prompt"]
+    assert not Job.objects.exists()
+
+
+def test_only_the_owner_reads_or_cancels_a_job(client, alice, carol, tiny):
+    client.force_login(alice)
+    job_id = post(client).json()["job"]["id"]
+    client.force_login(carol)
+    assert client.get(reverse("job_detail", args=[job_id])).status_code == 404
+    assert client.post(reverse("job_cancel", args=[job_id])).status_code == 404
+    client.force_login(alice)
+    assert client.post(reverse("job_cancel", args=[job_id])).json()["job"]["status"] == "canceled"
+
+
+def test_the_staff_queue_page_shows_the_queue_per_user(client, alice, admin, tiny):
+    client.force_login(alice)
+    post(client)
+    post(client)
+    assert client.get(reverse("staff_queue")).status_code == 302
+    client.force_login(admin)
+    page = client.get(reverse("staff_queue"))
+    assert page.status_code == 200
+    assert page.context["queues"] == [{"owner__username": "alice", "queued": 2, "running": 0}]
