@@ -20,8 +20,6 @@ from .signals import job_succeeded
 
 log = logging.getLogger(__name__)
 
-QUEUE = "generation"
-
 
 class LimitExceeded(Exception):
     """A per-user limit refused a submission; says which, and when to retry."""
@@ -78,7 +76,7 @@ def job_submit(*, user, recipe: dict) -> Job:
 def dispatch(job_id) -> None:
     from .tasks import run_job
 
-    run_job.apply_async(args=[str(job_id)], queue=QUEUE)
+    run_job.apply_async(args=[str(job_id)], queue=settings.STUDIO_QUEUE)
 
 
 # --- Claim, progress, finish --------------------------------------------------------------

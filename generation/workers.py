@@ -8,8 +8,6 @@ from redis.exceptions import RedisError
 
 from studio.celery import app
 
-from .services import QUEUE
-
 log = logging.getLogger(__name__)
 
 
@@ -26,7 +24,7 @@ def broker_backlog() -> int:
     """Messages waiting in the generation queue. Celery's Redis transport keeps a queue as
     a list named after it; reserved and running messages are not in it."""
     try:
-        return Redis.from_url(settings.CELERY_BROKER_URL).llen(QUEUE)
+        return Redis.from_url(settings.CELERY_BROKER_URL).llen(settings.STUDIO_QUEUE)
     except RedisError as exc:
         log.warning("cannot read the broker backlog: %s", exc)
         # Unknown backlog: claim a full one, so the reaper sends nothing twice.

@@ -222,10 +222,13 @@ STUDIO_MAX_SUBMITS_PER_MINUTE = envint("STUDIO_MAX_SUBMITS_PER_MINUTE", 30)
 STUDIO_HEARTBEAT_TIMEOUT = envint("STUDIO_HEARTBEAT_TIMEOUT", 60)
 STUDIO_MAX_ATTEMPTS = envint("STUDIO_MAX_ATTEMPTS", 3)
 STUDIO_REAP_INTERVAL = envint("STUDIO_REAP_INTERVAL", 15)
+# The broker queue GPU workers consume. Test runs use one of their own, so two runs on one
+# machine never take each other's messages.
+STUDIO_QUEUE = os.environ.get("STUDIO_QUEUE", "generation")
 
 # The reaper runs on the scheduler's own queue, so it runs even while every GPU worker is busy.
 CELERY_TASK_ROUTES = {
-    "generation.run_job": {"queue": "generation"},
+    "generation.run_job": {"queue": STUDIO_QUEUE},
     "generation.reap_jobs": {"queue": "maintenance"},
 }
 CELERY_BEAT_SCHEDULE = {

@@ -19,6 +19,16 @@ ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct-horse-battery-staple"
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """A test database and a broker queue of this run's own (test_studio_<pid>), so test runs
+    side by side on one machine (developers, CI) never meet."""
+    suffix = str(os.getpid())
+    test = settings.DATABASES["default"].setdefault("TEST", {})
+    test["NAME"] = f"test_{settings.DATABASES['default']['NAME']}_{suffix}"
+    settings.STUDIO_QUEUE = f"{settings.STUDIO_QUEUE}-test-{suffix}"
+
+
 @pytest.fixture
 def alice(django_user_model):
     return django_user_model.objects.create_user("alice", "alice@example.com", PASSWORD)
@@ -112,14 +122,17 @@ def database_url() -> str:
 class Worker:
     """A real `celery worker` process on the real Redis, pointed at the test database."""
 
-    def __init__(self, queues: str = "generation,maintenance,celery"):
-        self.queues = queues
+    def __init__(self):
+        self.queues = f"{settings.STUDIO_QUEUE},maintenance,celery"
         self.proc: subprocess.Popen | None = None
         self.log = ROOT / ".run" / f"test-worker-{os.getpid()}.log"
 
     def start(self):
         self.log.parent.mkdir(exist_ok=True)
-        env = dict(os.environ, DATABASE_URL=database_url(), HF_HUB_OFFLINE="1")
+        env = dict(
+            os.environ, DATABASE_URL=database_url(), STUDIO_QUEUE=settings.STUDIO_QUEUE,
+            HF_HUB_OFFLINE="1",
+        )
         cmd = [
             sys.executable, "-m", "celery", "-A", "studio", "worker", "--loglevel=INFO",
             "--concurrency=1", "--prefetch-multiplier=1", f"--queues={self.queues}",
@@ -168,10 +181,8 @@ class BrokerQueue:
     def __init__(self):
         from redis import Redis
 
-        from generation.services import QUEUE
-
         self.redis = Redis.from_url(settings.CELERY_BROKER_URL)
-        self.name = QUEUE
+        self.name = settings.STUDIO_QUEUE
 
     def clear(self):
         self.redis.delete(self.name)
