@@ -77,8 +77,17 @@ def run(job: Job) -> str:
         services.job_fail(job=job, reason=failure_reason(exc))
         outcome = "failed"
     job.refresh_from_db()
-    broadcast.send(job.group_name, {"type": "job.state", "job": job_state(job)}).result(5)
+    announce(job)
     return outcome
+
+
+def announce(job: Job) -> None:
+    """Send the job's final state to its watchers. Best effort, like progress: the state is
+    stored already, and a client that misses this reads it over HTTP or on reconnect."""
+    try:
+        broadcast.send(job.group_name, {"type": "job.state", "job": job_state(job)}).result(5)
+    except Exception as exc:  # a lost message must not fail a finished job
+        log.warning("could not announce job %s: %s", job.pk, exc)
 
 
 def _generate(job: Job, reporter: StepReporter):

@@ -115,6 +115,7 @@
 
   function progress(message) {
     if (!current || message.job !== current.id) return;
+    current.status = "running";
     if (message.preview) {
       preview.src = message.preview;
       preview.hidden = false;
@@ -133,10 +134,25 @@
     }
   }
 
+  // While a job waits, its queue position changes with no message on the socket: ask for it.
+  async function pollWhileQueued(jobId) {
+    while (current && current.id === jobId && current.status === "queued") {
+      await new Promise((resolve) => setTimeout(resolve, 3000));
+      if (!current || current.id !== jobId || current.status !== "queued") return;
+      try {
+        const response = await fetch(`/jobs/${jobId}/`, { headers: { Accept: "application/json" } });
+        if (response.ok) render((await response.json()).job);
+      } catch (err) { /* the socket's reconnect logic reports lost connections */ }
+    }
+  }
+
   function render(job) {
     if (!current || job.id !== current.id) return;
+    const wasQueued = current.status === "queued";
+    current.status = job.status;
     updateRecent(job);
     if (job.status === "queued") {
+      if (!wasQueued) pollWhileQueued(job.id);
       statusText.textContent = job.queue_position === 0
         ? "Queued — next up" : `Queued — ${job.queue_position} ahead of you`;
     } else if (job.status === "running") {
