@@ -5,7 +5,7 @@ from django.contrib import admin
 from django.db.models import Count, Q
 
 from . import moderation
-from .models import Collection, Image, ModerationEvent, Report
+from .models import Collection, Image, ModerationEvent, PngImport, Report, Reproduction
 
 
 class OpenReportsFilter(admin.SimpleListFilter):
@@ -52,29 +52,24 @@ class ImageAdmin(admin.ModelAdmin):
 
     @admin.action(description="Hide selected images from the public")
     def hide(self, request, queryset):
-        reasons = "; ".join(
-            Report.objects.filter(image__in=queryset, status=Report.Status.OPEN)
-            .values_list("reason", flat=True).distinct()[:3]
-        )
-        count = moderation.images_hide(
-            images=queryset, actor=request.user, reason=reasons or "Hidden by a moderator."
-        )
-        self.message_user(request, f"Hid {count} image(s).")
+        self._apply(request, queryset, "hide", "Hid {} image(s).")
 
     @admin.action(description="Restore selected images")
     def restore(self, request, queryset):
-        count = moderation.images_restore(images=queryset, actor=request.user)
-        self.message_user(request, f"Restored {count} image(s).")
+        self._apply(request, queryset, "restore", "Restored {} image(s).")
 
     @admin.action(description="Dismiss the reports on selected images")
     def dismiss(self, request, queryset):
-        count = moderation.reports_dismiss(images=queryset, actor=request.user)
-        self.message_user(request, f"Dismissed reports on {count} image(s).")
+        self._apply(request, queryset, "dismiss", "Dismissed reports on {} image(s).")
+
+    def _apply(self, request, queryset, action: str, done: str) -> None:
+        count = moderation.moderation_apply(action=action, images=queryset, actor=request.user)
+        self.message_user(request, done.format(count))
 
 
 @admin.register(ModerationEvent)
 class ModerationEventAdmin(admin.ModelAdmin):
-    list_display = ["created", "action", "image", "actor", "reason"]
+    list_display = ["created", "action", "image_uuid", "image", "actor", "reason"]
     list_filter = ["action"]
 
     def has_add_permission(self, request):
@@ -91,3 +86,18 @@ class ModerationEventAdmin(admin.ModelAdmin):
 class CollectionAdmin(admin.ModelAdmin):
     list_display = ["name", "owner", "visibility"]
     search_fields = ["name", "owner__username"]
+
+
+@admin.register(Reproduction)
+class ReproductionAdmin(admin.ModelAdmin):
+    list_display = ["created", "image", "imported", "job", "verdict", "max_diff", "psnr"]
+    list_filter = ["verdict"]
+    readonly_fields = ["job", "image", "imported", "batch_index", "verdict", "max_diff", "psnr",
+                       "created"]
+
+
+@admin.register(PngImport)
+class PngImportAdmin(admin.ModelAdmin):
+    list_display = ["created", "owner", "format", "width", "height"]
+    readonly_fields = ["owner", "file", "format", "width", "height", "recipe", "parameters",
+                       "fields", "created"]

@@ -101,6 +101,9 @@ class Collection(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def get_absolute_url(self) -> str:
+        return reverse("collection_detail", args=[self.pk])
+
 
 class Report(models.Model):
     class Status(models.TextChoices):
@@ -132,7 +135,12 @@ class ModerationEvent(models.Model):
         RESTORE = "restore", "Restore"
         DISMISS = "dismiss", "Dismiss reports"
 
-    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="moderation_events")
+    # The log outlives the image: its owner may delete it later, the record of what was done
+    # stays, with the image's id.
+    image = models.ForeignKey(
+        Image, null=True, on_delete=models.SET_NULL, related_name="moderation_events"
+    )
+    image_uuid = models.UUIDField(editable=False, null=True)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
         related_name="moderation_events",
@@ -145,4 +153,110 @@ class ModerationEvent(models.Model):
         ordering = ["-created"]
 
     def __str__(self) -> str:
-        return f"{self.action} {self.image_id} by {self.actor}"
+        return f"{self.action} {self.image_uuid} by {self.actor}"
+
+    def save(self, *args, **kwargs):
+        if self.image_uuid is None:
+            self.image_uuid = self.image_id
+        super().save(*args, **kwargs)
+
+
+def import_path(instance: "PngImport", filename: str) -> str:
+    # Built from our own UUID and the format Pillow detected, never from the upload's name.
+    return f"imports/{instance.pk}.{instance.extension}"
+
+
+class PngImport(models.Model):
+    """An uploaded image made by Studio or AUTOMATIC1111, kept with the recipe read from it.
+    Private to the person who uploaded it (and staff)."""
+
+    EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="png_imports"
+    )
+    file = models.FileField(upload_to=import_path, max_length=200)
+    format = models.CharField(max_length=10)  # as Pillow detected it: PNG, JPEG or WEBP
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    # The Studio recipe JSON when the file carried one; else None.
+    recipe = models.JSONField(null=True, blank=True)
+    # The AUTOMATIC1111 ``parameters`` text, and its fields as engine.parse_parameters reads them.
+    parameters = models.TextField(blank=True)
+    fields = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"import {self.pk}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("import_detail", args=[self.pk])
+
+    def get_file_url(self) -> str:
+        return reverse("import_file", args=[self.pk])
+
+    @property
+    def extension(self) -> str:
+        return self.EXTENSIONS[self.format]
+
+    @property
+    def content_type(self) -> str:
+        return "image/jpeg" if self.format == "JPEG" else f"image/{self.format.lower()}"
+
+
+class Reproduction(models.Model):
+    """A re-run of a recipe and how close its pixels came to the original's.
+
+    The original is a gallery image or an imported file (exactly one); the verdict stays
+    empty until the job succeeds and the images are compared."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    job = models.OneToOneField(
+        "generation.Job", on_delete=models.CASCADE, related_name="reproduction"
+    )
+    image = models.ForeignKey(
+        Image, null=True, blank=True, on_delete=models.CASCADE, related_name="reproductions"
+    )
+    imported = models.ForeignKey(
+        PngImport, null=True, blank=True, on_delete=models.CASCADE, related_name="reproductions"
+    )
+    # Which image of the re-run batch to compare: the original's place in its own batch.
+    batch_index = models.PositiveSmallIntegerField(default=0)
+    verdict = models.CharField(max_length=20, blank=True)
+    max_diff = models.PositiveSmallIntegerField(null=True, blank=True)
+    psnr = models.FloatField(null=True, blank=True)  # None when identical: infinite
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(image__isnull=False, imported__isnull=True)
+                | models.Q(image__isnull=True, imported__isnull=False),
+                name="reproduction_has_one_original",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"reproduction {self.pk}: {self.verdict or 'pending'}"
+
+    @property
+    def output(self):
+        """The re-run's image to compare: the one at the original's place in the batch."""
+        return self.job.outputs.filter(index=self.batch_index).first()
+
+    @property
+    def original_file(self):
+        return self.image.output.image if self.image_id else self.imported.file
+
+    @property
+    def result_text(self) -> str:
+        """The verdict as the pages show it, e.g. "differs: largest pixel difference 3, …"."""
+        if self.verdict == "differs":
+            psnr = "∞" if self.psnr is None else f"{self.psnr:.1f}"
+            return f"differs: largest pixel difference {self.max_diff}, PSNR {psnr} dB"
+        return self.verdict

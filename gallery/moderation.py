@@ -1,15 +1,33 @@
 """Moderation: hide, restore and dismiss, each kept in the audit log (ModerationEvent)."""
 
 from django.db import transaction
+from django.db.models import Count, Q, QuerySet
 
-from .models import Image, ModerationEvent, Report
+from .models import Image, ModerationEvent, Report, Visibility
+from .services import GalleryError
 
 
 def report_create(*, image: Image, reporter, reason: str) -> Report:
+    """A signed-in user reports a public image they can see (the caller used its door).
+    Private and team images are their owners' business, not the public gallery's."""
+    if image.visibility != Visibility.PUBLIC or image.hidden:
+        raise GalleryError("Only images in the public gallery can be reported.")
     reason = reason.strip()
     if not reason:
-        raise ValueError("Say what is wrong with the image.")
+        raise GalleryError("Say what is wrong with the image.")
     return Report.objects.create(image=image, reporter=reporter, reason=reason[:1000])
+
+
+def review_queue() -> QuerySet[Image]:
+    """Images with open reports, most reported first, then hidden ones (to restore)."""
+    open_reports = Count("reports", filter=Q(reports__status=Report.Status.OPEN))
+    return (
+        Image.objects.select_related("owner")
+        .annotate(open_reports=open_reports)
+        .filter(Q(open_reports__gt=0) | Q(hidden=True))
+        .prefetch_related("reports")
+        .order_by("-open_reports", "-created")
+    )
 
 
 @transaction.atomic
@@ -50,3 +68,20 @@ def reports_dismiss(*, images, actor, reason: str = "") -> int:
         )
         count += 1
     return count
+
+
+ACTIONS = {"hide": images_hide, "restore": images_restore, "dismiss": reports_dismiss}
+
+
+def moderation_apply(*, action: str, images, actor, reason: str = "") -> int:
+    """One of the bulk actions by name, for the staff page. Hiding always records a reason,
+    since the owner is shown it."""
+    if action not in ACTIONS:
+        raise GalleryError(f"Unknown action “{action}”.")
+    reason = reason.strip()
+    if action == "hide" and not reason:
+        reason = "; ".join(
+            Report.objects.filter(image__in=images, status=Report.Status.OPEN)
+            .values_list("reason", flat=True).distinct()[:3]
+        ) or "Hidden by a moderator."
+    return ACTIONS[action](images=images, actor=actor, reason=reason)

@@ -1,12 +1,16 @@
 """Gallery rules. Visibility is decided here and nowhere else."""
 
+import uuid
+from urllib.parse import urlencode
+
 from django.contrib.postgres.search import SearchVector
+from django.db import transaction
 from django.db.models import Q, QuerySet
 
 from generation.models import Job, Output
 from studio.services import get_team_for_user
 
-from .models import Image, Visibility
+from .models import Image, Like, Visibility
 
 
 def visible_images(user) -> QuerySet[Image]:
@@ -23,7 +27,12 @@ def visible_images(user) -> QuerySet[Image]:
 
 
 def get_image_for_user(*, user, image_id) -> Image | None:
-    """The one door to an image and its file: None (a 404) for what the user may not see."""
+    """The one door to an image and its file: None (a 404) for what the user may not see,
+    and for an id that is not a UUID at all (ids also arrive in form fields)."""
+    try:
+        image_id = uuid.UUID(str(image_id))
+    except ValueError:
+        return None
     return visible_images(user).filter(pk=image_id).first()
 
 
@@ -52,15 +61,74 @@ class GalleryError(Exception):
     """A gallery change the rules forbid; its message is shown as is."""
 
 
+def resolve_visibility(*, actor, visibility: str, team_id=None):
+    """(visibility, team) for something `actor` shares: a team only when it is one of theirs.
+    Images and collections follow the same rule."""
+    if visibility not in Visibility.values:
+        raise GalleryError(f"Unknown visibility “{visibility}”.")
+    if visibility != Visibility.TEAM:
+        return visibility, None
+    team = get_team_for_user(user=actor, team_id=team_id) if team_id else None
+    if team is None:
+        raise GalleryError("Choose one of your teams to share with.")
+    return visibility, team
+
+
 def image_set_visibility(*, image: Image, actor, visibility: str, team_id=None) -> None:
     if image.owner_id != actor.pk:
         raise GalleryError("Only the image's owner can change who sees it.")
-    if visibility not in Visibility.values:
-        raise GalleryError(f"Unknown visibility “{visibility}”.")
-    team = None
-    if visibility == Visibility.TEAM:
-        team = get_team_for_user(user=actor, team_id=team_id) if team_id else None
-        if team is None:
-            raise GalleryError("Choose one of your teams to share with.")
-    image.visibility, image.team = visibility, team
+    image.visibility, image.team = resolve_visibility(
+        actor=actor, visibility=visibility, team_id=team_id
+    )
     image.save(update_fields=["visibility", "team"])
+
+
+def image_delete(*, image: Image, actor) -> None:
+    """Delete an image for its owner: the gallery entry, its output row and the PNG file.
+
+    The file goes only once the rows are gone for good (on commit), so a rolled-back delete
+    never leaves an entry pointing at a missing file. The job stays: it is the owner's history.
+    """
+    if image.owner_id != actor.pk:
+        raise GalleryError("Only the image's owner can delete it.")
+    output = image.output
+    storage, name = output.image.storage, output.image.name
+    with transaction.atomic():
+        output.delete()  # cascades to the image, its likes, reports and reproductions
+        transaction.on_commit(lambda: storage.delete(name))
+
+
+@transaction.atomic
+def like_toggle(*, image: Image, user) -> bool:
+    """Like the image, or take the like back; returns whether the user now likes it.
+
+    The image row is locked and the count recomputed from the likes, so concurrent toggles
+    by many users leave like_count equal to the number of likes."""
+    Image.objects.select_for_update().filter(pk=image.pk).first()
+    deleted, _ = Like.objects.filter(image=image, user=user).delete()
+    if not deleted:
+        Like.objects.create(image=image, user=user)
+    count = Like.objects.filter(image=image).count()
+    Image.objects.filter(pk=image.pk).update(like_count=count)
+    image.like_count = count
+    return not deleted
+
+
+def remix_query(recipe: dict) -> str:
+    """Query parameters that prefill the generate page with a recipe (generation.recipes
+    .form_initial reads them). One image, with its own seed: seed + batch_index."""
+    fields = {
+        "prompt": recipe.get("prompt", ""),
+        "negative_prompt": recipe.get("negative_prompt", ""),
+        "model": (recipe.get("model") or {}).get("name", ""),
+        "sampler": recipe.get("sampler", ""),
+        "steps": recipe.get("steps", ""),
+        "guidance_scale": recipe.get("guidance_scale", ""),
+        "seed": (recipe.get("seed") or 0) + (recipe.get("batch_index") or 0),
+        "width": recipe.get("width", ""),
+        "height": recipe.get("height", ""),
+    }
+    if recipe.get("subseed_strength"):
+        fields["subseed"] = (recipe.get("subseed") or 0) + (recipe.get("batch_index") or 0)
+        fields["subseed_strength"] = recipe["subseed_strength"]
+    return urlencode({key: value for key, value in fields.items() if value not in ("", None)})

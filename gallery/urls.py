@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import collection_views, import_views, staff_views, views
 
 urlpatterns = [
     path("gallery/", views.gallery_public, name="gallery_public"),
@@ -9,4 +9,28 @@ urlpatterns = [
     path("images/<uuid:image_id>/", views.image_detail, name="image_detail"),
     path("images/<uuid:image_id>.png", views.image_file, name="image_file"),
     path("images/<uuid:image_id>/visibility/", views.image_visibility, name="image_visibility"),
+    path("images/<uuid:image_id>/like/", views.image_like, name="image_like"),
+    path("images/<uuid:image_id>/report/", views.image_report, name="image_report"),
+    path("images/<uuid:image_id>/delete/", views.image_delete, name="image_delete"),
+    path("images/<uuid:image_id>/reproduce/", views.image_reproduce, name="image_reproduce"),
+    path("images/<uuid:image_id>/collect/", collection_views.image_collect, name="image_collect"),
+    path("reproductions/<uuid:reproduction_id>/", views.reproduction_state,
+         name="reproduction_state"),
+    path("collections/", collection_views.collection_list, name="collection_list"),
+    path("collections/new/", collection_views.collection_create, name="collection_create"),
+    path("collections/<uuid:collection_id>/", collection_views.collection_detail,
+         name="collection_detail"),
+    path("collections/<uuid:collection_id>/remove/", collection_views.collection_remove,
+         name="collection_remove"),
+    path("collections/<uuid:collection_id>/visibility/", collection_views.collection_visibility,
+         name="collection_visibility"),
+    path("collections/<uuid:collection_id>/delete/", collection_views.collection_delete,
+         name="collection_delete"),
+    path("import/", import_views.import_upload, name="import_upload"),
+    path("import/<uuid:import_id>/", import_views.import_detail, name="import_detail"),
+    path("import/<uuid:import_id>/file", import_views.import_file, name="import_file"),
+    path("import/<uuid:import_id>/reproduce/", import_views.import_reproduce,
+         name="import_reproduce"),
+    path("import/<uuid:import_id>/delete/", import_views.import_delete, name="import_delete"),
+    path("staff/reports/", staff_views.review_queue, name="review_queue"),
 ]

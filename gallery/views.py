@@ -1,14 +1,25 @@
+"""Image pages, listings and the actions on one image. Thin: rules live in services."""
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404
+from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from generation.services import LimitExceeded
 from studio.services import get_team_for_user, teams_for_user
 
-from . import selectors, services
-from .models import Visibility
+from . import collections, moderation, selectors, services
+from .models import Like, Visibility
+from .reproduce import (
+    ReproduceRefused,
+    get_reproduction_for_user,
+    reproduction_start,
+    reproduction_verify,
+    reproductions_for,
+)
 
 PAGE_SIZE = 24
 
@@ -20,15 +31,27 @@ def _image_or_404(request, image_id):
     return image
 
 
+def _wants_json(request) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
 def image_detail(request, image_id):
     image = _image_or_404(request, image_id)
-    is_owner = image.owner_id == request.user.pk
+    user = request.user
+    is_owner = image.owner_id == user.pk
     context = {
         "image": image,
         "recipe": image.output.recipe,
         "is_owner": is_owner,
-        "teams": teams_for_user(request.user) if is_owner else [],
+        "teams": teams_for_user(user) if is_owner else [],
         "visibilities": Visibility.choices,
+        "liked": user.is_authenticated and Like.objects.filter(image=image, user=user).exists(),
+        "trajectory": image.output.job.trajectory,
+        "remix_url": reverse("generate") + "?" + services.remix_query(image.output.recipe),
+        "my_collections": collections.collections_owned(user),
+        "reproductions": reproductions_for(user=user, image=image),
+        "can_report": (user.is_authenticated and not is_owner and not image.hidden
+                       and image.visibility == Visibility.PUBLIC),
     }
     return render(request, "gallery/image_detail.html", context)
 
@@ -39,6 +62,8 @@ def image_file(request, image_id):
     response = FileResponse(image.output.image.open("rb"), content_type="image/png")
     public = image.visibility == Visibility.PUBLIC and not image.hidden
     response["Cache-Control"] = "public, max-age=300" if public else "private, max-age=300"
+    if request.GET.get("download"):
+        response["Content-Disposition"] = f'attachment; filename="studio-{image.seed}.png"'
     return response
 
 
@@ -57,6 +82,74 @@ def image_visibility(request, image_id):
     return redirect(image)
 
 
+@login_required
+@require_POST
+def image_like(request, image_id):
+    image = _image_or_404(request, image_id)
+    liked = services.like_toggle(image=image, user=request.user)
+    if _wants_json(request):
+        return JsonResponse({"liked": liked, "like_count": image.like_count})
+    return redirect(image)
+
+
+@login_required
+@require_POST
+def image_report(request, image_id):
+    image = _image_or_404(request, image_id)
+    try:
+        moderation.report_create(
+            image=image, reporter=request.user, reason=request.POST.get("reason", "")
+        )
+        messages.success(request, "Thank you. A moderator will look at the image.")
+    except services.GalleryError as exc:
+        messages.error(request, str(exc))
+    return redirect(image)
+
+
+@login_required
+@require_POST
+def image_delete(request, image_id):
+    image = _image_or_404(request, image_id)
+    try:
+        services.image_delete(image=image, actor=request.user)
+    except services.GalleryError as exc:
+        messages.error(request, str(exc))
+        return redirect(image)
+    messages.success(request, "The image and its file are deleted.")
+    return redirect("gallery_mine")
+
+
+@login_required
+@require_POST
+def image_reproduce(request, image_id):
+    image = _image_or_404(request, image_id)
+    start_reproduction(request, image=image)
+    return redirect(image.get_absolute_url() + "#reproductions")
+
+
+def start_reproduction(request, **original) -> None:
+    """Queue a reproduction and tell the user how it went (images and imports share this)."""
+    try:
+        reproduction_start(user=request.user, **original)
+        messages.success(request, "Reproducing: the verdict appears here when the job is done.")
+    except (ReproduceRefused, LimitExceeded) as exc:
+        messages.error(request, str(exc))
+
+
+@login_required
+def reproduction_state(request, reproduction_id):
+    """JSON for the page that waits on a reproduction."""
+    reproduction = get_reproduction_for_user(user=request.user, reproduction_id=reproduction_id)
+    if reproduction is None:
+        raise Http404
+    reproduction_verify(reproduction)
+    job = reproduction.job
+    return JsonResponse({
+        "status": job.status, "step": job.step, "total": job.total_steps, "error": job.error,
+        "verdict": reproduction.verdict, "result": reproduction.result_text,
+    })
+
+
 def _listing(request, *, scope: str, title: str, team=None):
     params = request.GET
     images = selectors.gallery_search(
@@ -68,6 +161,7 @@ def _listing(request, *, scope: str, title: str, team=None):
     query = params.copy()
     query.pop("page", None)
     context = {"page": page, "title": title, "scope": scope, "team": team,
+               "teams": teams_for_user(request.user) if request.user.is_authenticated else [],
                "params": params, "query": query.urlencode()}
     return render(request, "gallery/list.html", context)
 

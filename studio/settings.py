@@ -215,6 +215,11 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }
 
+# --- Gallery ------------------------------------------------------------------------------
+# Imported images: refused above this many bytes, or pixels (a decompression-bomb guard).
+STUDIO_IMPORT_MAX_BYTES = envint("STUDIO_IMPORT_MAX_BYTES", 16 * 2**20)
+STUDIO_IMPORT_MAX_PIXELS = envint("STUDIO_IMPORT_MAX_PIXELS", 4096 * 4096)
+
 # --- Jobs (DESIGN §3) ---------------------------------------------------------------------
 STUDIO_MAX_QUEUED_PER_USER = envint("STUDIO_MAX_QUEUED_PER_USER", 20)
 STUDIO_MAX_SUBMITS_PER_MINUTE = envint("STUDIO_MAX_SUBMITS_PER_MINUTE", 30)

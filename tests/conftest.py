@@ -29,6 +29,13 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
     settings.STUDIO_QUEUE = f"{settings.STUDIO_QUEUE}-test-{suffix}"
 
 
+@pytest.fixture(autouse=True)
+def fast_passwords(settings):
+    # Real hashing takes about a second a user on the busy 2-core build machines, and only
+    # Django's own hasher would be under test.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def alice(django_user_model):
     return django_user_model.objects.create_user("alice", "alice@example.com", PASSWORD)

@@ -8,6 +8,8 @@ from gallery.models import Image, Visibility
 from gallery.services import index_prompts
 from generation.models import Job, Output
 
+TRAJECTORY = [{"step": step, "image": f"data:image/webp;base64,frame{step}"} for step in (1, 2, 4)]
+
 
 def png_bytes(color=(220, 40, 40)) -> bytes:
     buffer = io.BytesIO()
@@ -15,14 +17,24 @@ def png_bytes(color=(220, 40, 40)) -> bytes:
     return buffer.getvalue()
 
 
+def recipe_for(prompt: str, **fields) -> dict:
+    return {
+        "prompt": prompt, "negative_prompt": "", "sampler": "DDIM", "seed": 7,
+        "model": {"name": "studio-demo", "source": "/nowhere", "hash": "ab" * 32},
+        "batch_size": 1, "batch_index": 0, "steps": 4, "guidance_scale": 3.0,
+        "width": 8, "height": 8, **fields,
+    }
+
+
 @pytest.fixture
 def make_image(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path
 
     def make(owner, visibility=Visibility.PRIVATE, team=None, hidden=False, prompt="a red circle"):
-        recipe = {"prompt": prompt, "model": {"name": "studio-demo"}, "sampler": "DDIM",
-                  "seed": 7, "batch_index": 0, "steps": 4}
-        job = Job.objects.create(owner=owner, recipe=recipe, status=Job.Status.SUCCEEDED)
+        recipe = recipe_for(prompt)
+        job = Job.objects.create(
+            owner=owner, recipe=recipe, status=Job.Status.SUCCEEDED, trajectory=TRAJECTORY
+        )
         output = Output.objects.create(
             job=job, index=0, image=ContentFile(png_bytes(), name="0.png"), recipe=recipe,
             width=8, height=8,
@@ -35,3 +47,36 @@ def make_image(settings, tmp_path):
         return image
 
     return make
+
+
+@pytest.fixture
+def as_viewer(client, alice, bob, carol, admin):
+    """The test client logged in as one of the people by name, or anonymous."""
+    people = {"alice": alice, "bob": bob, "carol": carol, "admin": admin}
+
+    def login(name):
+        client.logout()
+        if name != "anonymous":
+            client.force_login(people[name])
+        return client
+
+    return login
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """The engine tests' tiny pipeline, saved as a model directory (tests/generation)."""
+    from diffusers import StableDiffusionPipeline
+
+    from tests.generation.conftest import tiny_components
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    StableDiffusionPipeline(**tiny_components()).save_pretrained(path, safe_serialization=True)
+    return str(path)
+
+
+@pytest.fixture
+def tiny(settings, tiny_model) -> str:
+    """The tiny model registered as "tiny"; its char tokenizer reads at most 22 letters."""
+    settings.STUDIO_MODELS = {**settings.STUDIO_MODELS, "tiny": tiny_model}
+    return "tiny"

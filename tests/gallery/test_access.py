@@ -27,19 +27,6 @@ def images(make_image, alice, team):
     }
 
 
-@pytest.fixture
-def as_viewer(client, alice, bob, carol, admin):
-    people = {"alice": alice, "bob": bob, "carol": carol, "admin": admin}
-
-    def login(name):
-        client.logout()
-        if name != "anonymous":
-            client.force_login(people[name])
-        return client
-
-    return login
-
-
 @pytest.mark.parametrize("kind", MATRIX)
 @pytest.mark.parametrize("viewer", VIEWERS)
 @pytest.mark.parametrize("door", ["image_detail", "image_file"])
@@ -124,3 +111,46 @@ def test_search_matches_words_of_the_prompt(make_image, alice, as_viewer):
     assert listed(as_viewer("carol"), "gallery_public", q="squares purple") == {str(zebra.pk)}
     assert listed(as_viewer("carol"), "gallery_public", seed="7", sampler="DDIM") != set()
     assert listed(as_viewer("carol"), "gallery_public", seed="8") == set()
+
+
+@pytest.mark.parametrize("kind", MATRIX)
+@pytest.mark.parametrize("viewer", ["alice", "bob", "carol", "admin"])
+@pytest.mark.parametrize("door", ["image_like", "image_report", "image_collect"])
+def test_each_action_answers_by_visibility(images, as_viewer, django_user_model, kind, viewer,
+                                           door):
+    from gallery.collections import collection_create
+
+    own = collection_create(owner=django_user_model.objects.get(username=viewer), name="Own")
+    response = as_viewer(viewer).post(
+        reverse(door, args=[images[kind].pk]), {"reason": "x", "collection": own.pk}
+    )
+    # An action on an image you may not see is a 404, as its page is; else back to the page.
+    assert response.status_code == (302 if viewer in MATRIX[kind] else 404)
+
+
+@pytest.mark.parametrize("door", ["image_like", "image_report", "image_collect", "image_delete",
+                                  "image_reproduce", "image_visibility"])
+def test_anonymous_actions_go_to_the_login_page(images, as_viewer, door):
+    response = as_viewer("anonymous").post(reverse(door, args=[images["public"].pk]))
+    assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+
+
+@pytest.mark.parametrize("door", ["image_like", "image_report", "image_delete"])
+def test_actions_only_allow_post(images, as_viewer, door):
+    assert as_viewer("alice").get(reverse(door, args=[images["public"].pk])).status_code == 405
+
+
+def test_a_hidden_image_leaves_every_public_door(images, as_viewer, alice):
+    from gallery import collections
+
+    image = images["hidden"]
+    shared = collections.collection_create(owner=alice, name="All", visibility="public")
+    for each in images.values():
+        collections.collection_add_image(collection=shared, actor=alice, image=each)
+    carol = as_viewer("carol")
+    assert carol.get(reverse("image_detail", args=[image.pk])).status_code == 404
+    assert carol.get(reverse("image_file", args=[image.pk])).status_code == 404
+    assert str(image.pk) not in listed(carol, "gallery_public", q="red circle")
+    page = carol.get(reverse("collection_detail", args=[shared.pk]))
+    assert {str(i.pk) for i in page.context["images"]} == {str(images["public"].pk)}
+    assert carol.post(reverse("image_like", args=[image.pk])).status_code == 404

@@ -1,0 +1,84 @@
+"""Collections: named sets of images with a visibility of their own.
+
+A collection never widens who sees an image: its page shows only the images the viewer may
+see anyway, so a public collection of private or hidden images shows none of them."""
+
+import uuid
+
+from django.db.models import Q, QuerySet
+
+from .models import Collection, Image, Visibility
+from .services import GalleryError, resolve_visibility, visible_images
+
+
+def visible_collections(user) -> QuerySet[Collection]:
+    """The same rule as images, without hiding (moderators hide images, not collections)."""
+    collections = Collection.objects.select_related("owner", "team")
+    if getattr(user, "is_staff", False):
+        return collections
+    public = Q(visibility=Visibility.PUBLIC)
+    if not getattr(user, "is_authenticated", False):
+        return collections.filter(public)
+    team = Q(visibility=Visibility.TEAM, team__memberships__user=user)
+    return collections.filter(public | team | Q(owner=user)).distinct()
+
+
+def get_collection_for_user(*, user, collection_id) -> Collection | None:
+    """The one door to a collection: None (a 404) for what the user may not see, and for an
+    id that is not a UUID (ids also arrive in form fields)."""
+    try:
+        collection_id = uuid.UUID(str(collection_id))
+    except ValueError:
+        return None
+    return visible_collections(user).filter(pk=collection_id).first()
+
+
+def collection_images(*, collection: Collection, user) -> QuerySet[Image]:
+    return visible_images(user).filter(collections=collection).order_by("-created")
+
+
+def collections_owned(user) -> QuerySet[Collection]:
+    if not getattr(user, "is_authenticated", False):
+        return Collection.objects.none()
+    return Collection.objects.filter(owner=user).select_related("team")
+
+
+def collection_create(*, owner, name: str, visibility: str = Visibility.PRIVATE,
+                      team_id=None) -> Collection:
+    name = name.strip()
+    if not name:
+        raise GalleryError("Give the collection a name.")
+    visibility, team = resolve_visibility(actor=owner, visibility=visibility, team_id=team_id)
+    return Collection.objects.create(owner=owner, name=name[:100], visibility=visibility,
+                                     team=team)
+
+
+def _require_owner(collection: Collection, actor) -> None:
+    if collection.owner_id != actor.pk:
+        raise GalleryError("Only the collection's owner can change it.")
+
+
+def collection_set_visibility(*, collection: Collection, actor, visibility: str,
+                              team_id=None) -> None:
+    _require_owner(collection, actor)
+    collection.visibility, collection.team = resolve_visibility(
+        actor=actor, visibility=visibility, team_id=team_id
+    )
+    collection.save(update_fields=["visibility", "team"])
+
+
+def collection_add_image(*, collection: Collection, actor, image: Image) -> None:
+    """Add an image the actor can see (the caller got it through get_image_for_user)."""
+    _require_owner(collection, actor)
+    collection.images.add(image)
+
+
+def collection_remove_image(*, collection: Collection, actor, image_id) -> None:
+    _require_owner(collection, actor)
+    collection.images.remove(*collection.images.filter(pk=image_id))
+
+
+def collection_delete(*, collection: Collection, actor) -> None:
+    """The collection goes; its images stay where they are."""
+    _require_owner(collection, actor)
+    collection.delete()

@@ -1,0 +1,154 @@
+"""Importing an image made by Studio or AUTOMATIC1111: check the upload, read its recipe.
+
+Uploads are untrusted bytes. Before anything is stored they must be a PNG, JPEG or WebP
+(as Pillow detects it, whatever the name or content type says), under a size limit in bytes
+and in pixels (so a small file that decodes to gigabytes, a decompression bomb, is refused),
+and decode completely. The stored name is built from our own UUID, never from the upload's.
+"""
+
+import io
+import warnings
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db.models import QuerySet
+from PIL import Image as PILImage
+from PIL import UnidentifiedImageError
+
+from generation import engine
+
+from .models import PngImport
+from .services import GalleryError
+
+FORMATS = ("PNG", "JPEG", "WEBP")
+# Studio's own images are at most a few megapixels; A1111 upscales reach 4096².
+EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
+
+
+class ImportRefused(GalleryError):
+    """The upload was refused; the message says why."""
+
+
+def max_bytes() -> int:
+    return settings.STUDIO_IMPORT_MAX_BYTES
+
+
+def max_pixels() -> int:
+    return settings.STUDIO_IMPORT_MAX_PIXELS
+
+
+def get_import_for_user(*, user, import_id) -> PngImport | None:
+    """The one door to an import: its owner and staff, None (a 404) for everyone else."""
+    if not getattr(user, "is_authenticated", False):
+        return None
+    imports = PngImport.objects.all() if user.is_staff else PngImport.objects.filter(owner=user)
+    return imports.filter(pk=import_id).first()
+
+
+def imports_owned(user) -> QuerySet[PngImport]:
+    return PngImport.objects.filter(owner=user)
+
+
+def check_image(data: bytes) -> tuple[str, int, int]:
+    """(format, width, height) of an acceptable image, or ImportRefused saying why not.
+
+    Pillow's own bomb guard (Image.MAX_IMAGE_PIXELS) is process-wide and only warns below
+    twice its limit, so this checks our limit itself, from the header, before decoding, and
+    turns Pillow's warning into a refusal as well."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            with PILImage.open(io.BytesIO(data), formats=FORMATS) as image:
+                if image.width * image.height > max_pixels():
+                    raise ImportRefused(
+                        f"The image is {image.width}×{image.height} pixels; "
+                        f"at most {max_pixels():,} pixels can be imported."
+                    )
+                image.load()  # a truncated or corrupt file fails here, not later
+                return image.format, image.width, image.height
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
+        raise ImportRefused("The image decodes to far too many pixels; it was refused.") from exc
+    except UnidentifiedImageError as exc:
+        raise ImportRefused("Only PNG, JPEG and WebP images can be imported.") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        # ValueError also covers PNG text chunks that decompress beyond Pillow's limits.
+        raise ImportRefused("The file is damaged or is not a complete image.") from exc
+
+
+def read_metadata(data: bytes, image_format: str) -> tuple[dict | None, str]:
+    """The Studio recipe JSON (or None) and the A1111 ``parameters`` text (or "")."""
+    if image_format == "PNG":
+        try:
+            recipe, parameters = engine.read_png(data)
+        except (engine.RecipeError, ValueError):  # a malformed studio_recipe chunk
+            return None, ""
+        return (recipe.to_json() if recipe else None), parameters or ""
+    return None, _exif_parameters(data)
+
+
+def _exif_parameters(data: bytes) -> str:
+    """A1111 writes JPEG and WebP parameters into the EXIF UserComment."""
+    with PILImage.open(io.BytesIO(data)) as image:
+        comment = image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
+    if isinstance(comment, str):
+        return comment
+    if not isinstance(comment, bytes):
+        return ""
+    prefix, body = comment[:8], comment[8:]
+    if prefix == b"UNICODE\0":
+        return body.decode("utf-16-be", errors="replace")
+    return body.decode("utf-8", errors="replace")
+
+
+def import_create(*, owner, upload) -> PngImport:
+    """Check an uploaded file, read its recipe and keep both for its owner.
+
+    1. Refuse by size in bytes before reading it into memory.
+    2. Check format, pixel count and that it decodes (check_image).
+    3. Read the Studio recipe and A1111 parameters; store under our own name.
+    """
+    if upload is None:
+        raise ImportRefused("Choose an image file to import.")
+    if upload.size > max_bytes():
+        raise ImportRefused(f"The file is larger than {max_bytes() // 2**20} MiB.")
+    data = upload.read()
+    image_format, width, height = check_image(data)
+    recipe, parameters = read_metadata(data, image_format)
+    imported = PngImport(
+        owner=owner, format=image_format, width=width, height=height, recipe=recipe,
+        parameters=parameters, fields=engine.parse_parameters(parameters) if parameters else {},
+    )
+    imported.file.save("upload", ContentFile(data), save=False)
+    imported.save()
+    return imported
+
+
+def import_recipe(imported: PngImport) -> dict:
+    """The import's recipe in the recipe's JSON shape: the Studio recipe when the file had one,
+    else what the A1111 parameters say (one image, its own seed)."""
+    if imported.recipe:
+        return imported.recipe
+    fields = imported.fields
+    return {
+        "prompt": fields.get("prompt", ""),
+        "negative_prompt": fields.get("negative_prompt", ""),
+        "model": {"name": fields.get("model", ""), "hash": fields.get("model_hash", "")},
+        "sampler": fields.get("sampler", ""),
+        "steps": fields.get("steps"),
+        "guidance_scale": fields.get("cfg_scale"),
+        "seed": fields.get("seed"),
+        "batch_size": 1,
+        "batch_index": 0,
+        "subseed": fields.get("subseed", 0),
+        "subseed_strength": fields.get("subseed_strength", 0.0),
+        "width": fields.get("width"),
+        "height": fields.get("height"),
+    }
+
+
+def import_delete(*, imported: PngImport, actor) -> None:
+    if imported.owner_id != actor.pk:
+        raise GalleryError("Only the person who imported it can delete it.")
+    storage, name = imported.file.storage, imported.file.name
+    imported.delete()
+    storage.delete(name)

@@ -1,0 +1,164 @@
+"""Reproduce and verify: run a recipe again as a new job and compare the pixels.
+
+The recipe is re-run exactly as recorded (the whole batch, the same scheduler config and
+thread count, DESIGN §4) on this server's copy of the model, looked up by name: a recipe's
+own `model.source` is never used, since an imported file could name any path. When the
+server's weights are not the recipe's, reproducing is refused before anything is queued.
+"""
+
+import logging
+from dataclasses import replace
+
+from django.db import transaction
+from PIL import Image as PILImage
+
+from generation import engine, recipes, registry
+from generation.models import Job
+from generation.services import job_submit
+
+from .imports import import_recipe
+from .models import Image, PngImport, Reproduction
+from .services import GalleryError
+
+log = logging.getLogger(__name__)
+
+
+class ReproduceRefused(GalleryError):
+    """This recipe cannot be reproduced here; the message says why."""
+
+
+def _server_model(name: str, recipe_hash: str) -> engine.ModelRef:
+    """This server's model of that name, if its weights are the recipe's."""
+    try:
+        model = registry.get(name)
+    except engine.ModelLoadError as exc:
+        raise ReproduceRefused(f"The model “{name}” cannot be read right now: {exc}") from exc
+    if model is None:
+        raise ReproduceRefused(f"This server has no model called “{name}”, so it cannot "
+                               "reproduce the image.")
+    # A1111 parameters carry only the first 10 hex digits of the hash.
+    if not recipe_hash or not model.hash.startswith(recipe_hash):
+        raise ReproduceRefused(
+            f"The weights of “{name}” have changed since this image was made (the recipe says "
+            f"{recipe_hash[:12] or 'nothing'}, this server has {model.hash[:12]}), so the same "
+            "pixels cannot be made again. Remix it instead."
+        )
+    return model
+
+
+def studio_recipe(recipe_json: dict) -> dict:
+    """A stored Studio recipe, checked and ready to queue as one job of its whole batch."""
+    try:
+        recipe = engine.Recipe.from_json(recipe_json)
+    except engine.RecipeError as exc:
+        raise ReproduceRefused(f"The recipe is incomplete: {exc}") from exc
+    model = _server_model(recipe.model.name, recipe.model.hash)
+    recipe = replace(recipe, model=model, batch_index=0)
+    blocked = recipes.blocked_phrase_in(recipe.prompt)
+    if blocked:
+        raise ReproduceRefused(f"The prompt contains “{blocked}”, which this server does not "
+                               "allow.")
+    try:
+        engine.validate_recipe(recipe)
+    except engine.RecipeError as exc:
+        raise ReproduceRefused(f"The recipe cannot run here: {exc}") from exc
+    return recipe.to_json()
+
+
+def a1111_recipe(fields: dict) -> dict:
+    """A recipe from AUTOMATIC1111 parameters: one image, its own seed."""
+    _server_model(fields.get("model", ""), fields.get("model_hash", ""))
+    params = {
+        "prompt": fields.get("prompt", ""), "negative_prompt": fields.get("negative_prompt", ""),
+        "model": fields.get("model"), "sampler": fields.get("sampler"),
+        "steps": fields.get("steps"), "guidance_scale": fields.get("cfg_scale"),
+        "seed": fields.get("seed"), "width": fields.get("width"),
+        "height": fields.get("height"), "subseed": fields.get("subseed"),
+        "subseed_strength": fields.get("subseed_strength"),
+    }
+    try:
+        return recipes.recipe_from_params({k: v for k, v in params.items() if v is not None})
+    except recipes.InvalidParams as exc:
+        raise ReproduceRefused(f"The parameters cannot run here: {exc}") from exc
+
+
+def reproduction_start(*, user, image: Image | None = None,
+                       imported: PngImport | None = None) -> Reproduction:
+    """Queue the re-run of an image's (or an imported file's) recipe for `user`.
+
+    The caller got the original through its door. Raises ReproduceRefused, or
+    generation.services.LimitExceeded when the user may not queue another job now.
+    """
+    if image is not None:
+        recipe = image.output.recipe
+        job_recipe = studio_recipe(recipe)
+    elif imported.recipe:
+        recipe = imported.recipe
+        job_recipe = studio_recipe(recipe)
+    else:
+        recipe = import_recipe(imported)
+        job_recipe = a1111_recipe(imported.fields)
+    with transaction.atomic():
+        job = job_submit(user=user, recipe=job_recipe)
+        return Reproduction.objects.create(
+            job=job, image=image, imported=imported, batch_index=recipe.get("batch_index", 0)
+        )
+
+
+def reproduction_verify(reproduction: Reproduction) -> None:
+    """Compare the re-run's image with the original once the job has succeeded. Safe to call
+    again: a verdict is written once."""
+    if reproduction.verdict or reproduction.job.status != Job.Status.SUCCEEDED:
+        return
+    output = reproduction.output
+    if output is None:
+        return
+    try:
+        with reproduction.original_file.open("rb") as a, output.image.open("rb") as b:
+            comparison = engine.compare_images(PILImage.open(a), PILImage.open(b))
+    except OSError:  # a file deleted meanwhile, or unreadable: no verdict rather than a 500
+        log.warning("cannot compare reproduction %s", reproduction.pk, exc_info=True)
+        return
+    result = comparison.to_json()
+    Reproduction.objects.filter(pk=reproduction.pk, verdict="").update(
+        verdict=result["verdict"], max_diff=result["max_diff"], psnr=result["psnr"]
+    )
+    reproduction.refresh_from_db()
+
+
+def verify_after_job(*, job: Job) -> None:
+    """The job_succeeded receiver's part: a failed comparison must never undo the job's
+    outputs (it runs in their transaction), so it is contained in a savepoint and logged;
+    the image page compares again when it finds no verdict."""
+    reproduction = Reproduction.objects.filter(job=job).select_related("job").first()
+    if reproduction is None:
+        return
+    reproduction.job.status = Job.Status.SUCCEEDED  # updated by a query in this transaction
+    try:
+        with transaction.atomic():
+            reproduction_verify(reproduction)
+    except Exception:
+        log.exception("comparing reproduction %s failed", reproduction.pk)
+
+
+def reproductions_for(*, user, image: Image | None = None,
+                      imported: PngImport | None = None) -> list[Reproduction]:
+    """The user's reproductions of this original, newest first, each verified if it can be."""
+    if not getattr(user, "is_authenticated", False):
+        return []
+    found = Reproduction.objects.filter(job__owner=user).select_related("job")
+    found = found.filter(image=image) if image is not None else found.filter(imported=imported)
+    found = list(found[:5])
+    for reproduction in found:
+        reproduction_verify(reproduction)
+    return found
+
+
+def get_reproduction_for_user(*, user, reproduction_id) -> Reproduction | None:
+    """The one door: the person who asked for it, and staff."""
+    if not getattr(user, "is_authenticated", False):
+        return None
+    found = Reproduction.objects.select_related("job")
+    if not user.is_staff:
+        found = found.filter(job__owner=user)
+    return found.filter(pk=reproduction_id).first()

@@ -1,0 +1,158 @@
+"""Reproduce and verify, without a worker: what is queued, what is refused, how the verdict is
+computed when the job succeeds (the live run is tests/e2e/test_gallery_reproduce.py)."""
+
+import io
+
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+from django.utils import timezone
+from PIL import Image as PILImage
+from PIL import PngImagePlugin
+
+from gallery.models import Reproduction, Visibility
+from generation import recipes, registry, services
+from generation.models import BlockedPhrase, Job
+
+from .conftest import png_bytes
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def tiny_image(make_image, alice, team, tiny):
+    """A team image whose recipe names the tiny model, as a real job would record it."""
+    image = make_image(alice, Visibility.TEAM, team=team)
+    params = {"prompt": "red circle", "model": tiny, "steps": 3, "seed": 5, "width": 32,
+              "height": 32, "batch_size": 2}
+    recipe = {**recipes.recipe_from_params(params), "batch_index": 1, "threads": 1,
+              "device": "cpu", "dtype": "float32"}
+    image.output.recipe = recipe
+    image.output.save()
+    return image
+
+
+def reproduce(client, image):
+    return client.post(reverse("image_reproduce", args=[image.pk]), follow=True)
+
+
+def test_it_queues_the_whole_batch_as_recorded(tiny_image, bob, as_viewer):
+    reproduce(as_viewer("bob"), tiny_image)
+    reproduction = Reproduction.objects.get()
+    job = reproduction.job
+    assert job.owner == bob and reproduction.image == tiny_image
+    original = tiny_image.output.recipe
+    assert job.recipe == {**original, "batch_index": 0}
+    assert reproduction.batch_index == 1
+
+
+def test_it_refuses_when_the_weights_changed(tiny_image, as_viewer):
+    tiny_image.output.recipe["model"]["hash"] = "0" * 64
+    tiny_image.output.save()
+    page = reproduce(as_viewer("alice"), tiny_image).content.decode()
+    assert "The weights of “tiny” have changed since this image was made" in page
+    assert not Job.objects.exclude(pk=tiny_image.output.job_id).exists()
+
+
+def test_it_refuses_a_model_this_server_lacks(make_image, alice, as_viewer):
+    image = make_image(alice)
+    image.output.recipe["model"]["name"] = "gone"
+    image.output.save()
+    page = reproduce(as_viewer("alice"), image).content.decode()
+    assert "This server has no model called “gone”" in page
+    assert not Reproduction.objects.exists()
+
+
+def test_it_refuses_a_blocked_prompt(tiny_image, as_viewer):
+    BlockedPhrase.objects.create(phrase="circle")
+    page = reproduce(as_viewer("alice"), tiny_image).content.decode()
+    assert "which this server does not allow" in page and not Reproduction.objects.exists()
+
+
+def test_it_never_runs_the_model_source_a_recipe_names(tiny_image, tiny_model, as_viewer):
+    tiny_image.output.recipe["model"]["source"] = "/etc"
+    tiny_image.output.save()
+    reproduce(as_viewer("alice"), tiny_image)
+    assert Reproduction.objects.get().job.recipe["model"]["source"] == tiny_model
+
+
+def test_carol_cannot_reproduce_what_she_cannot_see(tiny_image, as_viewer):
+    response = as_viewer("carol").post(reverse("image_reproduce", args=[tiny_image.pk]))
+    assert response.status_code == 404
+
+
+def finish(job: Job, png: bytes, index: int = 1) -> None:
+    """Finish the job as the worker would: job_finish sends job_succeeded in its transaction."""
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING, attempt=1,
+                                         started_at=timezone.now())
+    job.refresh_from_db()
+    outputs = [{"index": i, "image": ContentFile(png, name=f"{i}.png"), "recipe": job.recipe,
+                "width": 8, "height": 8} for i in range(index + 1)]
+    assert services.job_finish(job=job, outputs=outputs, timings={}, trajectory=[])
+
+
+def test_the_verdict_is_computed_when_the_job_succeeds(tiny_image, as_viewer):
+    client = as_viewer("alice")
+    reproduce(client, tiny_image)
+    reproduction = Reproduction.objects.get()
+    finish(reproduction.job, png_bytes())
+    reproduction.refresh_from_db()
+    assert reproduction.verdict == "identical"
+    page = client.get(tiny_image.get_absolute_url()).content.decode()
+    assert "<strong>identical</strong>" in page
+    state = client.get(reverse("reproduction_state", args=[reproduction.pk])).json()
+    assert state["verdict"] == "identical" and state["status"] == "succeeded"
+
+
+def test_a_different_image_says_how_different(tiny_image, as_viewer):
+    reproduce(as_viewer("alice"), tiny_image)
+    reproduction = Reproduction.objects.get()
+    finish(reproduction.job, png_bytes(color=(220, 40, 43)))
+    reproduction.refresh_from_db()
+    assert reproduction.result_text == "differs: largest pixel difference 3, PSNR 43.4 dB"
+
+
+def test_within_one_level(tiny_image, as_viewer):
+    reproduce(as_viewer("alice"), tiny_image)
+    reproduction = Reproduction.objects.get()
+    finish(reproduction.job, png_bytes(color=(221, 40, 40)))
+    reproduction.refresh_from_db()
+    assert reproduction.result_text == "within one level"
+
+
+def test_a_failed_comparison_never_loses_the_jobs_images(tiny_image, as_viewer):
+    reproduce(as_viewer("alice"), tiny_image)
+    reproduction = Reproduction.objects.get()
+    tiny_image.output.image.storage.delete(tiny_image.output.image.name)  # original gone
+    finish(reproduction.job, png_bytes())
+    reproduction.refresh_from_db()
+    assert reproduction.verdict == "" and reproduction.job.outputs.count() == 2
+    page = as_viewer("alice").get(tiny_image.get_absolute_url()).content.decode()
+    assert "could not be compared" in page
+
+
+@pytest.mark.parametrize("viewer,status", [("alice", 200), ("admin", 200), ("bob", 404),
+                                           ("carol", 404)])
+def test_a_reproductions_state_is_for_who_asked(tiny_image, as_viewer, viewer, status):
+    reproduce(as_viewer("alice"), tiny_image)
+    url = reverse("reproduction_state", args=[Reproduction.objects.get().pk])
+    assert as_viewer(viewer).get(url).status_code == status
+
+
+def test_an_a1111_import_of_a_known_model_reproduces(settings, tmp_path, tiny, as_viewer):
+    settings.MEDIA_ROOT = tmp_path
+    model_hash = registry.get(tiny).hash[:10]
+    text = (f"red circle\nSteps: 3, Sampler: Euler a, CFG scale: 2, Seed: 9, Size: 32x32, "
+            f"Model hash: {model_hash}, Model: {tiny}")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    buffer = io.BytesIO()
+    PILImage.new("RGB", (32, 32)).save(buffer, "PNG", pnginfo=info)
+    client = as_viewer("alice")
+    page = client.post(reverse("import_upload"),
+                       {"image": SimpleUploadedFile("a.png", buffer.getvalue())})
+    client.post(page["Location"] + "reproduce/")
+    job = Reproduction.objects.get().job
+    assert (job.recipe["seed"], job.recipe["sampler"], job.recipe["steps"]) == (9, "Euler a", 3)
+    assert job.recipe["guidance_scale"] == 2.0 and job.recipe["model"]["name"] == tiny
