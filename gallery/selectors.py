@@ -14,6 +14,8 @@ def gallery_search(*, user, scope: str = "public", team=None, query: str = "",
                    sort: str = "new") -> QuerySet[Image]:
     """Images in a listing (`public`, `mine` or `team`), narrowed by a full-text query on the
     prompt and exact filters. Whatever the scope, only images `user` may see come back."""
+    # Postgres cannot compare text holding a NUL character; no prompt or name holds one.
+    query, model, sampler, seed = (v.replace("\x00", "") for v in (query, model, sampler, seed))
     images = visible_images(user)
     if scope == "mine":
         images = images.filter(owner=user)

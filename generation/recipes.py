@@ -72,6 +72,9 @@ def parse_params(params: Mapping) -> dict:
                 values[key] = int(raw)
             elif key in FLOATS:
                 values[key] = float(raw)
+            elif "\x00" in str(raw):
+                # Postgres cannot store a NUL character in text.
+                errors[key] = "Remove the NUL character."
             else:
                 values[key] = str(raw)
         except (TypeError, ValueError):

@@ -3,7 +3,15 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from gallery.api import router as gallery_api
+from generation import compat_a1111, compat_openai
+from generation.api import router as generation_api
+
 from . import views
+from .api import api
+
+api.add_router("", generation_api)
+api.add_router("", gallery_api)
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -26,4 +34,7 @@ urlpatterns = [
     path("", include("generation.urls")),
     path("", include("gallery.urls")),
     path("admin/", admin.site.urls),
+    path("api/v1/", api.urls),
+    path("v1/", compat_openai.api.urls),
+    path("sdapi/v1/", compat_a1111.api.urls),
 ]

@@ -75,6 +75,26 @@ def run_async(coro):
         return pool.submit(asyncio.run, coro).result()
 
 
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A tiny Stable-Diffusion-style model (tests/generation/conftest.py builds it), saved as a
+    model directory as real models are."""
+    from diffusers import StableDiffusionPipeline
+
+    from tests.generation.conftest import tiny_components
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    StableDiffusionPipeline(**tiny_components()).save_pretrained(path, safe_serialization=True)
+    return str(path)
+
+
+@pytest.fixture
+def tiny(settings, tiny_model) -> str:
+    """The tiny model registered as "tiny"; its char tokenizer reads at most 22 letters."""
+    settings.STUDIO_MODELS = {**settings.STUDIO_MODELS, "tiny": tiny_model}
+    return "tiny"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
+from tqdm import tqdm
 
 from generation.engine import DEFAULT_GUIDANCE, make_scheduler
 
@@ -120,7 +121,7 @@ def seconds_per_image(
 def guidance_sweep(pipe: StableDiffusionPipeline, triples: list[dataset.Triple]) -> dict:
     """DDIM at 20 steps for each guidance scale: adherence, diversity, and the images."""
     rows, images = [], {}
-    for guidance in GUIDANCES:
+    for guidance in tqdm(GUIDANCES, desc="guidance"):
         batch = run_batch(pipe, triples, guidance, steps=20)
         rows.append(
             {
@@ -140,7 +141,7 @@ def sampler_sweep(
     """Each sampler at each step count, plus DDPM at 1000 steps: adherence and seconds/image."""
     runs = [(name, steps) for name in SAMPLERS for steps in SAMPLER_STEPS] + [("DDPM", DDPM_STEPS)]
     rows, images = [], {}
-    for name, steps in runs:
+    for name, steps in tqdm(runs, desc="samplers"):
         sampler_pipe = with_sampler(pipe, name)
         batch = run_batch(sampler_pipe, triples, guidance, steps)
         repeats = 3 if steps <= 20 else 1

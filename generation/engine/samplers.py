@@ -7,6 +7,7 @@ stock scheduler class given that config steps exactly the same.
 """
 
 import inspect
+import math
 from typing import Any
 
 import diffusers
@@ -118,9 +119,24 @@ def _accepted(cls: type[SchedulerMixin], options: dict[str, Any]) -> dict[str, A
 
 def scheduler_ref(scheduler: SchedulerMixin) -> SchedulerRef:
     """The class name and full config, as the recipe records them: every value explicit, so a
-    later diffusers with other defaults still builds the same scheduler."""
-    config = {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
-    return SchedulerRef(class_name=type(scheduler).__name__, config=config)
+    later diffusers with other defaults still builds the same scheduler.
+
+    JSON has no infinities (Postgres refuses them, and so do strict readers of a PNG's
+    recipe), yet some defaults are one: DPM-Solver's `lambda_min_clipped` is -inf. Such a value
+    is left out when it is the class's default, which `from_config` then restores."""
+    cls = type(scheduler)
+    defaults = inspect.signature(cls.__init__).parameters
+    config = {}
+    for key, value in scheduler.config.items():
+        if key.startswith("_"):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            default = defaults[key].default if key in defaults else None
+            if value == default:
+                continue
+            raise ValueError(f"{cls.__name__}.{key} = {value} cannot be recorded in a recipe")
+        config[key] = value
+    return SchedulerRef(class_name=cls.__name__, config=config)
 
 
 def scheduler_class(name: str) -> type[SchedulerMixin] | None:

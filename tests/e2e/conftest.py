@@ -5,6 +5,19 @@ import pytest
 CHROMIUM = "/usr/bin/chromium"
 
 
+def signed_in(browser, server, user):
+    """A browser context holding `user`'s session, without typing a password. A fresh test
+    client each time: logging one client in as someone else would end the earlier session."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    context = browser.new_context()
+    context.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value,
+                          "url": server.url}])
+    return context
+
+
 @pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright

@@ -2,11 +2,11 @@
 in Chromium, no script from it runs and no dialog opens (issue 6)."""
 
 import pytest
-from django.test import Client
 from django.urls import reverse
 
 from gallery import collections
 from gallery.models import Report, Visibility
+from tests.e2e.conftest import signed_in
 from tests.gallery.conftest import make_image  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.e2e
@@ -17,17 +17,6 @@ EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)><b>bold</b>'
 @pytest.fixture(autouse=True)
 def fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-def signed_in(browser, server, user):
-    """A browser context holding `user`'s session, without typing a password. A fresh test
-    client each time: logging one client in as someone else would end the earlier session."""
-    client = Client()
-    client.force_login(user)
-    context = browser.new_context()
-    context.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value,
-                          "url": server.url}])
-    return context
 
 
 def test_no_script_from_a_prompt_runs_anywhere(

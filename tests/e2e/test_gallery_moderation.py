@@ -3,7 +3,7 @@
 import pytest
 
 from gallery.models import ModerationEvent, Visibility
-from tests.e2e.test_gallery_escaping import signed_in
+from tests.e2e.conftest import signed_in
 from tests.gallery.conftest import make_image  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.e2e

@@ -10,8 +10,7 @@ from django.conf import settings
 from gallery.models import Image, Reproduction
 from generation import recipes, services
 from generation.models import Job
-from tests.e2e.test_gallery_escaping import signed_in
-from tests.gallery.conftest import tiny, tiny_model  # noqa: F401  (fixtures)
+from tests.e2e.conftest import signed_in
 
 pytestmark = pytest.mark.e2e
 

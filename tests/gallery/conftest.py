@@ -63,20 +63,3 @@ def as_viewer(client, alice, bob, carol, admin):
     return login
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> str:
-    """The engine tests' tiny pipeline, saved as a model directory (tests/generation)."""
-    from diffusers import StableDiffusionPipeline
-
-    from tests.generation.conftest import tiny_components
-
-    path = tmp_path_factory.mktemp("tiny-model")
-    StableDiffusionPipeline(**tiny_components()).save_pretrained(path, safe_serialization=True)
-    return str(path)
-
-
-@pytest.fixture
-def tiny(settings, tiny_model) -> str:
-    """The tiny model registered as "tiny"; its char tokenizer reads at most 22 letters."""
-    settings.STUDIO_MODELS = {**settings.STUDIO_MODELS, "tiny": tiny_model}
-    return "tiny"

@@ -154,3 +154,8 @@ def test_a_hidden_image_leaves_every_public_door(images, as_viewer, alice):
     page = carol.get(reverse("collection_detail", args=[shared.pk]))
     assert {str(i.pk) for i in page.context["images"]} == {str(images["public"].pk)}
     assert carol.post(reverse("image_like", args=[image.pk])).status_code == 404
+
+
+def test_a_nul_character_in_search_is_harmless(images, as_viewer):
+    response = as_viewer("carol").get(reverse("gallery_public"), {"q": "red\x00", "model": "\x00"})
+    assert response.status_code == 200

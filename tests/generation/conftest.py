@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from generation import engine
@@ -88,13 +88,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny-model")
-    StableDiffusionPipeline(**tiny_components()).save_pretrained(path, safe_serialization=True)
-    return str(path)
 
 
 @pytest.fixture(scope="session")

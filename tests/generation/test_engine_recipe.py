@@ -1,11 +1,13 @@
 """The recipe's JSON contract (DESIGN §4) and its validation: one error per bad field."""
 
+import json
 import math
 from dataclasses import replace
 
 import pytest
 
 from generation import engine
+from generation.engine.samplers import make_scheduler, scheduler_from_ref
 
 from .conftest import MAX_TOKENS
 
@@ -167,3 +169,17 @@ def test_cpu_runs_in_float32():
     assert engine.resolve_device("cpu") == (torch.device("cpu"), torch.float32)
     with pytest.raises(ValueError):
         engine.resolve_device("tpu")
+
+
+@pytest.mark.parametrize("sampler", list(engine.SAMPLERS))
+def test_every_samplers_recipe_is_strict_json_and_rebuilds_its_scheduler(tiny_ref, sampler):
+    """Postgres and strict JSON readers refuse NaN and infinities (DPM-Solver's default
+    lambda_min_clipped is -inf): the recorded config must hold none, and still rebuild the
+    scheduler exactly."""
+    recipe = engine.build_recipe(model=tiny_ref, prompt="red circle", sampler=sampler, seed=1)
+    text = json.dumps(recipe.to_json(), allow_nan=False)
+    rebuilt = engine.Recipe.from_json(json.loads(text))
+    scheduler = scheduler_from_ref(rebuilt.scheduler)
+    original = make_scheduler(sampler, engine.load_spec(tiny_ref.source).scheduler_config, 1)
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert public(scheduler.config) == public(original.config)

@@ -8,12 +8,6 @@ from generation.models import BlockedPhrase, Job
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def tiny(settings, tiny_model):
-    settings.STUDIO_MODELS = {**settings.STUDIO_MODELS, "tiny": tiny_model}
-    return "tiny"
-
-
 def post(client, **params):
     data = {"prompt": "red circle", "model": "tiny", "steps": "4", "width": "32", "height": "32",
             **params}
@@ -102,3 +96,9 @@ def test_the_staff_queue_page_shows_the_queue_per_user(client, alice, admin, tin
     page = client.get(reverse("staff_queue"))
     assert page.status_code == 200
     assert page.context["queues"] == [{"owner__username": "alice", "queued": 2, "running": 0}]
+
+
+def test_a_nul_character_in_the_prompt_is_a_field_error(client, alice, tiny):
+    client.force_login(alice)
+    response = post(client, prompt="red\x00circle")
+    assert response.status_code == 400 and "NUL" in response.json()["errors"]["prompt"]

@@ -19,12 +19,6 @@ from tests.conftest import run_async
 STEPS = 6
 
 
-@pytest.fixture
-def job_model(settings, tiny_model):
-    settings.STUDIO_MODELS = {**settings.STUDIO_MODELS, "tiny": tiny_model}
-    return "tiny"
-
-
 def submit(user, model, **params) -> Job:
     params = {"prompt": "red circle", "model": model, "steps": STEPS,
               "seed": 42, "width": 32, "height": 32, **params}
@@ -62,9 +56,9 @@ def progress(messages):
 
 
 def test_submit_streams_every_step_then_succeeds_with_images(
-    studio_server, celery_worker, alice, job_model, client
+    studio_server, celery_worker, alice, tiny, client
 ):
-    job = submit(alice, job_model, batch_size=2)
+    job = submit(alice, tiny, batch_size=2)
     messages = watch(studio_server, job, bearer(alice))
     assert messages[0]["type"] == "state"
     steps = [m["step"] for m in progress(messages)]
@@ -79,8 +73,8 @@ def test_submit_streams_every_step_then_succeeds_with_images(
     assert job.outputs.count() == 2 and job.trajectory
 
 
-def test_cancel_mid_run(studio_server, celery_worker, alice, job_model):
-    job = submit(alice, job_model, steps=200)
+def test_cancel_mid_run(studio_server, celery_worker, alice, tiny):
+    job = submit(alice, tiny, steps=200)
     is_running = lambda m: m["type"] == "progress" and m["step"] >= 2  # noqa: E731
     messages = watch(studio_server, job, bearer(alice), send=(is_running, {"type": "cancel"}))
     assert messages[-1]["job"]["status"] == "canceled"
@@ -89,24 +83,24 @@ def test_cancel_mid_run(studio_server, celery_worker, alice, job_model):
     assert job.status == "canceled" and job.outputs.count() == 0
 
 
-def test_a_late_connection_gets_the_current_state(studio_server, celery_worker, alice, job_model):
-    job = submit(alice, job_model)
+def test_a_late_connection_gets_the_current_state(studio_server, celery_worker, alice, tiny):
+    job = submit(alice, tiny)
     watch(studio_server, job, bearer(alice))
     late = watch(studio_server, job, bearer(alice), until_final=False)
     assert late[0]["type"] == "state" and late[0]["job"]["status"] == "succeeded"
     assert len(late[0]["job"]["images"]) == 1
 
 
-def test_carol_cannot_watch_alices_job(studio_server, alice, carol, job_model):
-    job = submit(alice, job_model)
+def test_carol_cannot_watch_alices_job(studio_server, alice, carol, tiny):
+    job = submit(alice, tiny)
     with pytest.raises(InvalidStatus):
         watch(studio_server, job, bearer(carol), until_final=False)
 
 
 def test_anonymous_and_foreign_origin_connections_are_refused(
-    studio_server, alice, job_model, client
+    studio_server, alice, tiny, client
 ):
-    job = submit(alice, job_model)
+    job = submit(alice, tiny)
     with pytest.raises(InvalidStatus):
         watch(studio_server, job, {"Origin": studio_server.url}, until_final=False)
     client.force_login(alice)
@@ -129,9 +123,9 @@ def wait_for(predicate, timeout=60, interval=0.1):
 
 
 def test_a_killed_worker_job_is_redelivered_and_finishes_exactly_once(
-    celery_queue, celery_worker, alice, job_model, settings
+    celery_queue, celery_worker, alice, tiny, settings
 ):
-    job = submit(alice, job_model, steps=400)
+    job = submit(alice, tiny, steps=400)
     assert wait_for(lambda: Job.objects.get(pk=job.pk).step >= 2)
     os.killpg(celery_worker.proc.pid, signal.SIGKILL)  # the parent and its child, no goodbye
     celery_worker.proc.wait()

@@ -1,0 +1,149 @@
+"""Images in Studio's API (/api/v1/): the gallery's listings, search, one image, its PNG, and
+its visibility, through the same doors and rules as the pages."""
+
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from django.http import FileResponse, Http404, HttpRequest
+from django.urls import reverse
+from ninja import Field, Query, Router, Schema
+
+from generation.engine import SEED_MAX
+from studio.api import (
+    COMMON_ERRORS,
+    ApiError,
+    Errors,
+    Paging,
+    SessionCsrf,
+    SignedUrl,
+    Text,
+    TokenBearer,
+    page,
+)
+from studio.services import get_team_for_user
+
+from . import selectors, services
+from .models import Image, Visibility
+
+router = Router(tags=["images"])
+
+
+class ImageOut(Schema):
+    id: UUID
+    owner: str
+    prompt: str
+    model: str
+    sampler: str
+    seed: int
+    width: int
+    height: int
+    visibility: Literal["private", "team", "public"]
+    team: UUID | None
+    hidden: bool
+    hidden_reason: str = Field(description="Why moderators hid it; for its owner and staff.")
+    like_count: int
+    created: datetime
+    url: str = Field(description="The PNG, with its recipe in its metadata.")
+    page_url: str
+
+
+class ImageDetail(ImageOut):
+    recipe: dict = Field(description="The recipe that reproduces this image (DESIGN §4).")
+
+
+class ImagePage(Schema):
+    count: int
+    items: list[ImageOut]
+
+
+class VisibilityIn(Schema):
+    visibility: Literal["private", "team", "public"]
+    team: UUID | None = Field(None, description="One of my teams; needed for `team`.")
+
+
+def image_out(image: Image, *, viewer) -> dict:
+    moderated_for_viewer = viewer.pk == image.owner_id or viewer.is_staff
+    return {
+        "id": image.pk, "owner": image.owner.get_username(), "prompt": image.prompt,
+        "model": image.model_name, "sampler": image.sampler, "seed": image.seed,
+        "width": image.output.width, "height": image.output.height,
+        "visibility": image.visibility, "team": image.team_id, "hidden": image.hidden,
+        "hidden_reason": image.hidden_reason if moderated_for_viewer else "",
+        "like_count": image.like_count, "created": image.created,
+        "url": reverse("api:image_file", args=[image.pk]), "page_url": image.get_absolute_url(),
+    }
+
+
+def _image(request: HttpRequest, image_id: UUID) -> Image:
+    image = services.get_image_for_user(user=request.auth, image_id=image_id)
+    if image is None:
+        raise Http404
+    return image
+
+
+class ImageFilters(Paging):
+    scope: Literal["public", "mine", "team"] = "public"
+    team: UUID | None = Field(None, description="With `scope=team`: one of my teams.")
+    q: Text = Field("", description="Words from the prompt (web search syntax).")
+    model: Text = ""
+    sampler: Text = ""
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    sort: Literal["new", "liked"] = "new"
+
+
+@router.get("/images", response={200: ImagePage, **COMMON_ERRORS}, summary="List and search")
+def image_list(request: HttpRequest, filters: Query[ImageFilters]):
+    """The gallery listings: `public`, `mine`, or one of my teams' (`scope=team&team=<id>`),
+    narrowed by words of the prompt and exact filters."""
+    team = None
+    if filters.scope == "team":
+        team = get_team_for_user(user=request.auth, team_id=filters.team) if filters.team else None
+        if team is None:
+            raise ApiError(400, {"team": "Choose one of your teams."})
+    images = selectors.gallery_search(
+        user=request.auth, scope=filters.scope, team=team, query=filters.q,
+        model=filters.model, sampler=filters.sampler,
+        seed="" if filters.seed is None else str(filters.seed), sort=filters.sort,
+    )
+    return page(images, filters, lambda image: image_out(image, viewer=request.auth))
+
+
+@router.get("/images/{image_id}", response={200: ImageDetail, 404: Errors, **COMMON_ERRORS})
+def image_detail(request: HttpRequest, image_id: UUID):
+    image = _image(request, image_id)
+    return {**image_out(image, viewer=request.auth), "recipe": image.output.recipe}
+
+
+@router.patch("/images/{image_id}", response={200: ImageDetail, 404: Errors, **COMMON_ERRORS},
+              summary="Change who sees it")
+def image_update(request: HttpRequest, image_id: UUID, payload: VisibilityIn):
+    image = _image(request, image_id)
+    try:
+        services.image_set_visibility(
+            image=image, actor=request.auth, visibility=payload.visibility, team_id=payload.team
+        )
+    except services.GalleryError as exc:
+        if image.owner_id != request.auth.pk:
+            raise ApiError(403, {"__all__": str(exc)}) from exc
+        raise ApiError(400, {"team": str(exc)}) from exc  # the one field the owner can get wrong
+    return image_detail(request, image_id)
+
+
+PNG_RESPONSE = {
+    200: {"description": "The PNG.", "content": {"image/png": {"schema": {"type": "string",
+                                                                           "format": "binary"}}}}
+}
+
+
+@router.get("/images/{image_id}/file", url_name="image_file", summary="The PNG",
+            response={404: Errors, **COMMON_ERRORS}, openapi_extra={"responses": PNG_RESPONSE},
+            auth=[TokenBearer(), SessionCsrf(), SignedUrl()])
+def image_file(request: HttpRequest, image_id: UUID):
+    """The image's PNG, with its recipe in its metadata. Also reachable without a token
+    through a signed link (`?signature=`), as the OpenAI-compatible `url` answers give."""
+    image = _image(request, image_id)
+    public = image.visibility == Visibility.PUBLIC and not image.hidden
+    response = FileResponse(image.output.image.open("rb"), content_type="image/png")
+    response["Cache-Control"] = "public, max-age=300" if public else "private, max-age=300"
+    return response

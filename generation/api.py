@@ -1,0 +1,168 @@
+"""Jobs, models and samplers in Studio's API (/api/v1/). Thin: the generate page's services,
+limits and validation, translated to the API's error shape."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from django.http import Http404, HttpRequest
+from django.urls import reverse
+from ninja import Field, Query, Router, Schema, Status
+
+from studio.api import COMMON_ERRORS, ApiError, Errors, Paging, Text, page
+
+from . import engine, recipes, registry, services
+from .models import Job
+from .presenters import job_state
+
+router = Router(tags=["jobs"])
+
+
+# --- Errors from the services -------------------------------------------------------------
+
+
+@contextmanager
+def service_errors() -> Iterator[None]:
+    """Submit's refusals as API errors: bad fields 400, a limit 429 with Retry-After."""
+    try:
+        yield
+    except recipes.InvalidParams as exc:
+        raise ApiError(400, exc.errors) from exc
+    except services.LimitExceeded as exc:
+        raise ApiError(
+            429, {"__all__": str(exc)}, {"Retry-After": str(exc.retry_after)}
+        ) from exc
+
+
+# --- Jobs ---------------------------------------------------------------------------------
+
+
+class JobIn(Schema):
+    """What to make. Left out, a field takes the generate page's default."""
+
+    prompt: Text
+    negative_prompt: Text = ""
+    model: Text | None = Field(None, description="A name from GET /models.")
+    sampler: Text | None = Field(None, description="A name from GET /samplers.")
+    steps: int | None = None
+    guidance_scale: float | None = None
+    width: int | None = Field(None, description="Pixels; the model's native size if left out.")
+    height: int | None = None
+    batch_size: int | None = None
+    seed: int | None = Field(None, description=f"0 to {engine.SEED_MAX}; random if left out.")
+    subseed: int | None = Field(None, description="The variation seed.")
+    subseed_strength: float | None = Field(None, description="0 to 1.")
+
+
+class JobImage(Schema):
+    id: UUID
+    index: int
+    seed: int
+    width: int
+    height: int
+    url: str = Field(description="The PNG, with this API's authentication.")
+    page_url: str
+
+
+class JobOut(Schema):
+    id: UUID
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    step: int
+    total: int
+    attempt: int
+    queue_position: int | None
+    prompt: str
+    seed: int | None
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str
+    images: list[JobImage]
+    timings: dict | None = None
+
+
+class JobPage(Schema):
+    count: int
+    items: list[JobOut]
+
+
+def job_out(job: Job) -> dict:
+    """The state the websocket and the generate page show, with image URLs that take a token."""
+    state = job_state(job)
+    for image in state["images"]:
+        image["url"] = reverse("api:image_file", args=[image["id"]])
+    return state
+
+
+def _own_job(request: HttpRequest, job_id: UUID) -> Job:
+    job = services.get_job_for_user(user=request.auth, job_id=job_id)
+    if job is None:
+        raise Http404
+    return job
+
+
+@router.post("/jobs", response={201: JobOut, 429: Errors, **COMMON_ERRORS}, summary="Submit")
+def job_create(request: HttpRequest, payload: JobIn):
+    """Queue a job. It runs on a worker; follow it with GET /jobs/{id} or the websocket
+    `/ws/jobs/{id}/`. Refused with 429 and Retry-After when a per-user limit is reached."""
+    with service_errors():
+        recipe = recipes.recipe_from_params(payload.dict(exclude_none=True))
+        job = services.job_submit(user=request.auth, recipe=recipe)
+    return Status(201, job_out(job))
+
+
+class JobFilters(Paging):
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"] | None = None
+
+
+@router.get("/jobs", response={200: JobPage, **COMMON_ERRORS}, summary="My jobs")
+def job_list(request: HttpRequest, filters: Query[JobFilters]):
+    jobs = Job.objects.filter(owner=request.auth).prefetch_related("outputs")
+    if filters.status:
+        jobs = jobs.filter(status=filters.status)
+    return page(jobs.order_by("-queued_at"), filters, job_out)
+
+
+@router.get("/jobs/{job_id}", response={200: JobOut, 404: Errors, **COMMON_ERRORS})
+def job_detail(request: HttpRequest, job_id: UUID):
+    return job_out(_own_job(request, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", response={200: JobOut, 404: Errors, **COMMON_ERRORS})
+def job_cancel(request: HttpRequest, job_id: UUID):
+    """Cancel my job: a queued one at once, a running one within a step."""
+    job = _own_job(request, job_id)
+    if job.owner_id != request.auth.pk:
+        raise Http404  # staff may look at anyone's job, but only its owner cancels it
+    services.job_cancel(job=job)
+    job.refresh_from_db()
+    return job_out(job)
+
+
+# --- What can be asked for ----------------------------------------------------------------
+
+
+class ModelOut(Schema):
+    name: str
+    default: bool
+
+
+class SamplerOut(Schema):
+    name: str
+    scheduler: str = Field(description="The diffusers scheduler class it runs.")
+
+
+@router.get("/models", response={200: list[ModelOut], **COMMON_ERRORS}, tags=["models"])
+def model_list(request: HttpRequest):
+    default = registry.default_name()
+    return [{"name": name, "default": name == default} for name in recipes.model_names()]
+
+
+@router.get("/samplers", response={200: list[SamplerOut], **COMMON_ERRORS}, tags=["models"])
+def sampler_list(request: HttpRequest):
+    return [
+        {"name": name, "scheduler": scheduler.__name__}
+        for name, (scheduler, _options) in engine.SAMPLERS.items()
+    ]

@@ -1,0 +1,63 @@
+import pytest
+from django.conf import settings
+
+from tests.conftest import PASSWORD
+
+pytestmark = pytest.mark.e2e
+
+
+def log_in(page, server, username):
+    page.goto(server.url + "/accounts/login/?next=/generate/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_selector("#generate-form")
+
+
+def test_generate_with_the_demo_model_and_watch_it_denoise(
+    studio_server, celery_worker, page, alice
+):
+    log_in(page, studio_server, "alice")
+    assert page.locator("#id_model").input_value() == settings.STUDIO_DEMO_MODEL_NAME
+    page.fill("#id_prompt", "a yellow triangle on a blue background")
+    page.fill("#id_steps", "12")
+    # Record every preview the page draws, as the browser sees it.
+    page.evaluate("""() => {
+        window.drawn = [];
+        const img = document.getElementById("preview");
+        new MutationObserver(() => window.drawn.push(img.src))
+            .observe(img, {attributes: true, attributeFilter: ["src"]});
+    }""")
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_selector("#results img", timeout=120_000)
+    drawn = page.evaluate("window.drawn")
+    previews = {src for src in drawn if src.startswith("data:image/")}
+    assert len(previews) >= 3
+    assert page.locator("#status-text").inner_text().startswith("Done — seed ")
+    final = page.locator("#results img").first
+    assert page.evaluate("(img) => img.naturalWidth", final.element_handle()) == 64
+    page.locator("#results a").first.click()
+    page.wait_for_selector("#image")
+    assert "a yellow triangle on a blue background" in page.content()
+
+
+def test_invalid_fields_show_their_error_next_to_them(studio_server, page, alice):
+    log_in(page, studio_server, "alice")
+    page.fill("#id_prompt", "a red circle")
+    page.fill("#id_steps", "5000")
+    page.fill("#id_width", "63")
+    page.get_by_role("button", name="Generate").click()
+    steps_error = page.locator('[data-error-for="steps"]')
+    steps_error.wait_for()
+    assert "1 to 1000" in steps_error.inner_text()
+    assert "multiple of 8" in page.locator('[data-error-for="width"]').inner_text()
+
+
+def test_the_generate_page_works_at_phone_width(studio_server, browser, alice):
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    log_in(page, studio_server, "alice")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390
+    assert page.locator("#generate-button").is_visible()
+    context.close()
