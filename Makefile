@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 export HF_HUB_OFFLINE ?= 1
+# OpenMP threads that spin while they wait steal the other core on small CPU machines (a
+# 2-thread torch step ran 3-5x slower beside another busy process); passive waits cost nothing.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup run test lint web worker scheduler
 
