@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 
 from . import broadcast, engine, registry, services
+from .heartbeat import Heartbeat
 from .models import Job
 from .presenters import job_state
 
@@ -20,17 +21,18 @@ TRAJECTORY_FRAMES = 24
 
 
 class StepReporter:
-    """Called by the engine after every step: heartbeat and cancel check in the database,
-    a preview to the job's websocket group, and every k-th preview kept for the trajectory."""
+    """Called by the engine after every step: the heartbeat (which also carries the cancel
+    check), a preview to the job's websocket group, and every k-th preview kept for the
+    trajectory. Nothing here waits on the database or the channel layer."""
 
     def __init__(self, job: Job):
         self.job = job
         self.every = max(1, math.ceil(job.total_steps / TRAJECTORY_FRAMES))
         self.trajectory: list[dict] = []
-        self.keep_running = True
+        self.heartbeat = Heartbeat(job)
 
     def on_step(self, step: int, total: int, preview: bytes | None, elapsed: float) -> None:
-        self.keep_running = services.job_progress(job=self.job, step=step)
+        self.heartbeat.beat(step)
         url = _data_url(preview) if preview else None
         broadcast.send(self.job.group_name, {
             "type": "job.progress", "job": str(self.job.pk), "step": step, "total": total,
@@ -40,7 +42,7 @@ class StepReporter:
             self.trajectory.append({"step": step, "image": url})
 
     def should_cancel(self) -> bool:
-        return not self.keep_running
+        return not self.heartbeat.keep_running
 
 
 def _data_url(preview: bytes) -> str:
@@ -95,10 +97,15 @@ def _generate(job: Job, reporter: StepReporter):
     if recipe.threads is None:
         recipe = replace(recipe, threads=registry.threads())
     device, dtype = registry.device()
-    pipeline = engine.load_pipeline(recipe.model.source, device=device, dtype=dtype)
-    return engine.generate(
-        recipe, pipeline=pipeline, on_step=reporter.on_step, should_cancel=reporter.should_cancel
-    )
+    try:
+        pipeline = engine.load_pipeline(recipe.model.source, device=device, dtype=dtype)
+        return engine.generate(
+            recipe, pipeline=pipeline, on_step=reporter.on_step,
+            should_cancel=reporter.should_cancel,
+        )
+    finally:
+        # Its last write lands before the job is finished, so none can come after.
+        reporter.heartbeat.stop()
 
 
 def _stopped(job: Job) -> str:

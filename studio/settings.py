@@ -199,7 +199,8 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 STUDIO_DEVICE = os.environ.get("STUDIO_DEVICE", "auto")
 if STUDIO_DEVICE not in ("auto", "cpu", "cuda"):
     raise ImproperlyConfigured(f"STUDIO_DEVICE must be auto, cpu or cuda, not {STUDIO_DEVICE!r}")
-# torch's intra-op threads; 0 keeps torch's default. Recorded in every recipe (DESIGN §4).
+# torch's intra-op threads; 0 lets Studio choose (on the CPU, every core but one). Recorded in
+# every recipe (DESIGN §4).
 STUDIO_THREADS = envint("STUDIO_THREADS", 0)
 STUDIO_DEMO_MODEL_NAME = "studio-demo"
 STUDIO_DEMO_MODEL_PATH = BASE_DIR / "generation" / "demo_model" / "weights"

@@ -129,7 +129,7 @@ def bare_run(recipe_json: dict, threads: int | None):
     from generation import engine, registry
 
     recipe = engine.Recipe.from_json(recipe_json)
-    recipe = replace(recipe, threads=threads or None)
+    recipe = replace(recipe, threads=threads or registry.threads())
     device, dtype = registry.device()
     pipeline = engine.load_pipeline(recipe.model.source, device=device, dtype=dtype)
     started = time.perf_counter()
@@ -141,7 +141,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("STUDIO_THREADS", 0)),
-                        help="torch threads for the worker and the bare call alike")
+                        help="torch threads for the worker and the bare call alike "
+                        "(default: Studio's own choice, generation.registry.threads)")
     args = parser.parse_args()
     if args.threads:
         os.environ["STUDIO_THREADS"] = str(args.threads)
