@@ -30,44 +30,49 @@ def review_queue() -> QuerySet[Image]:
     )
 
 
+def _apply(images, *, actor, action: str, reason: str, change) -> int:
+    """Apply `change` to each image and record it in the audit log; returns how many."""
+    count = 0
+    for image in images:
+        change(image)
+        ModerationEvent.objects.create(image=image, actor=actor, action=action, reason=reason)
+        count += 1
+    return count
+
+
+def _close_reports(image: Image, status: str) -> None:
+    image.reports.filter(status=Report.Status.OPEN).update(status=status)
+
+
 @transaction.atomic
 def images_hide(*, images, actor, reason: str) -> int:
     """Hide images from every public door; their owners see that, and why."""
-    count = 0
-    for image in images:
+
+    def hide(image: Image) -> None:
         image.hidden, image.hidden_reason = True, reason
         image.save(update_fields=["hidden", "hidden_reason"])
-        image.reports.filter(status=Report.Status.OPEN).update(status=Report.Status.ACTIONED)
-        ModerationEvent.objects.create(
-            image=image, actor=actor, action=ModerationEvent.Action.HIDE, reason=reason
-        )
-        count += 1
-    return count
+        _close_reports(image, Report.Status.ACTIONED)
+
+    return _apply(images, actor=actor, action=ModerationEvent.Action.HIDE, reason=reason,
+                  change=hide)
 
 
 @transaction.atomic
 def images_restore(*, images, actor, reason: str = "") -> int:
-    count = 0
-    for image in images:
+    def restore(image: Image) -> None:
         image.hidden, image.hidden_reason = False, ""
         image.save(update_fields=["hidden", "hidden_reason"])
-        ModerationEvent.objects.create(
-            image=image, actor=actor, action=ModerationEvent.Action.RESTORE, reason=reason
-        )
-        count += 1
-    return count
+
+    return _apply(images, actor=actor, action=ModerationEvent.Action.RESTORE, reason=reason,
+                  change=restore)
 
 
 @transaction.atomic
 def reports_dismiss(*, images, actor, reason: str = "") -> int:
-    count = 0
-    for image in images:
-        image.reports.filter(status=Report.Status.OPEN).update(status=Report.Status.DISMISSED)
-        ModerationEvent.objects.create(
-            image=image, actor=actor, action=ModerationEvent.Action.DISMISS, reason=reason
-        )
-        count += 1
-    return count
+    return _apply(
+        images, actor=actor, action=ModerationEvent.Action.DISMISS, reason=reason,
+        change=lambda image: _close_reports(image, Report.Status.DISMISSED),
+    )
 
 
 ACTIONS = {"hide": images_hide, "restore": images_restore, "dismiss": reports_dismiss}
