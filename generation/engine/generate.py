@@ -126,11 +126,14 @@ def _run_pipeline(recipe: Recipe, shared: StudioPipeline) -> StudioPipeline:
 
 
 def _resolved(recipe: Recipe, pipe: StudioPipeline) -> Recipe:
+    # One UNet weight tells device and dtype; the pipeline's own `device` and `dtype`
+    # properties walk every module, milliseconds a run.
+    weight = next(pipe.unet.parameters())
     return replace(
         recipe,
         scheduler=scheduler_ref(pipe.scheduler),
-        dtype=str(pipe.unet.dtype).removeprefix("torch."),
-        device=pipe.device.type,
+        dtype=str(weight.dtype).removeprefix("torch."),
+        device=weight.device.type,
         threads=recipe.threads or torch.get_num_threads(),
         versions=Versions.current(),
     )
