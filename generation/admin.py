@@ -1,6 +1,8 @@
+from django import forms
 from django.contrib import admin
 
-from .models import BlockedPhrase, Job, Output
+from . import engine
+from .models import BlockedPhrase, Job, ModelSource, Output
 
 
 class OutputInline(admin.TabularInline):
@@ -29,6 +31,30 @@ class JobAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+
+class ModelSourceForm(forms.ModelForm):
+    class Meta:
+        model = ModelSource
+        fields = ["name", "source", "enabled"]
+
+    def clean_source(self):
+        """Refuse, with the reason, a source Studio cannot read: configs and tokenizer are
+        checked here; the weights load on a worker's first job."""
+        source = self.cleaned_data["source"].strip()
+        try:
+            engine.load_spec(source)
+        except engine.ModelLoadError as exc:
+            raise forms.ValidationError(f"Studio cannot read this model: {exc}") from exc
+        return source
+
+
+@admin.register(ModelSource)
+class ModelSourceAdmin(admin.ModelAdmin):
+    form = ModelSourceForm
+    list_display = ["name", "source", "enabled", "created"]
+    list_filter = ["enabled"]
+    search_fields = ["name", "source"]
 
 
 @admin.register(BlockedPhrase)

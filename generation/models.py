@@ -107,3 +107,22 @@ class BlockedPhrase(models.Model):
 
     def __str__(self) -> str:
         return self.phrase
+
+
+class ModelSource(models.Model):
+    """A model added in the admin, beside the bundled demo model and STUDIO_MODELS."""
+
+    name = models.SlugField(max_length=100, unique=True, allow_unicode=False)
+    source = models.CharField(
+        max_length=500, help_text="A local diffusers directory, or a hub id such as "
+        "“stable-diffusion-v1-5/stable-diffusion-v1-5” (needs the hub to be reachable).",
+    )
+    enabled = models.BooleanField(default=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "model"
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,4 +1,5 @@
-"""The models this Studio knows: the bundled demo model and those named in STUDIO_MODELS.
+"""The models this Studio knows: the bundled demo model, those named in STUDIO_MODELS and
+those added in the admin (ModelSource).
 
 The engine knows sources, not names; this is the one place that maps a name to a source.
 """
@@ -8,13 +9,17 @@ import os
 from django.conf import settings
 
 from . import engine
+from .models import ModelSource
 
 
 def models() -> dict[str, str]:
-    """{name: source} for every known model, the demo model first."""
-    demo = getattr(settings, "STUDIO_DEMO_MODEL_NAME", "studio-demo")
-    known = {demo: str(getattr(settings, "STUDIO_DEMO_MODEL_PATH", ""))}
-    known.update(getattr(settings, "STUDIO_MODELS", {}))
+    """{name: source} for every known model: the demo model first, then STUDIO_MODELS, then
+    those enabled in the admin. On a name clash the earlier one wins: settings are the
+    operator's, and nobody can shadow the demo model from a web form."""
+    known = {settings.STUDIO_DEMO_MODEL_NAME: str(settings.STUDIO_DEMO_MODEL_PATH)}
+    added = ModelSource.objects.filter(enabled=True).values_list("name", "source")
+    for name, source in [*settings.STUDIO_MODELS.items(), *added]:
+        known.setdefault(name, source)
     return known
 
 

@@ -9,6 +9,9 @@ from django.core.management import CommandError, call_command
 
 from generation import engine
 
+# The commands name models through the registry, which reads the admin's models too.
+pytestmark = pytest.mark.django_db
+
 
 @pytest.fixture
 def tiny_registered(settings, tiny_model):
