@@ -7,7 +7,7 @@ delivered twice, a reaper racing a worker, or two workers racing each other chan
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
@@ -183,14 +183,18 @@ def job_cancel(*, job: Job) -> str:
 class ReapReport:
     requeued: int = 0
     failed: int = 0
+    canceled: int = 0
     resent: int = 0
+    # Jobs the reaper finished, whose watchers should hear of it.
+    ended: list = field(default_factory=list)
 
 
 def jobs_reap(*, broker_backlog: int) -> ReapReport:
     """Recover from dead workers and lost messages (DESIGN §3).
 
     1. A running job whose heartbeat is older than STUDIO_HEARTBEAT_TIMEOUT goes back to
-       queued while it has attempts left, else fails with the reason.
+       queued while it has attempts left, else fails with the reason; one its owner asked to
+       cancel is canceled.
     2. Every queued job needs a message in the broker; `broker_backlog` is how many wait
        there now. Messages name no job that must run (workers claim in fair order), so the
        reaper just tops the broker up to the number of queued jobs.
@@ -200,22 +204,27 @@ def jobs_reap(*, broker_backlog: int) -> ReapReport:
     for job in Job.objects.filter(status=Job.Status.RUNNING, heartbeat__lt=stale):
         running = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempt=job.attempt)
         if job.cancel_requested:
-            report.failed += running.update(status=Job.Status.CANCELED, finished_at=timezone.now())
+            changed = running.update(status=Job.Status.CANCELED, finished_at=timezone.now())
+            report.canceled += changed
         elif job.attempt < settings.STUDIO_MAX_ATTEMPTS:
             report.requeued += running.update(status=Job.Status.QUEUED, worker="", step=0)
+            continue
         else:
             reason = (
                 f"The worker running this job stopped responding, {job.attempt} times. "
                 "It was not retried again."
             )
-            report.failed += running.update(
+            changed = running.update(
                 status=Job.Status.FAILED, finished_at=timezone.now(), error=reason
             )
+            report.failed += changed
+        if changed:
+            report.ended.append(str(job.pk))
     queued = Job.objects.filter(status=Job.Status.QUEUED).count()
     for _ in range(max(queued - broker_backlog, 0)):
         dispatch(None)
         report.resent += 1
-    if report.requeued or report.failed or report.resent:
+    if report.requeued or report.ended or report.resent:
         log.warning("reaper: %s", report)
     return report
 

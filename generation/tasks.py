@@ -5,6 +5,7 @@ import socket
 from celery import shared_task
 
 from . import runner, services
+from .models import Job
 from .workers import broker_backlog
 
 WORKER_NAME = socket.gethostname()
@@ -22,4 +23,7 @@ def run_job(job_id: str | None = None) -> str:
 
 @shared_task(name="generation.reap_jobs")
 def reap_jobs() -> dict:
-    return vars(services.jobs_reap(broker_backlog=broker_backlog()))
+    report = services.jobs_reap(broker_backlog=broker_backlog())
+    for job in Job.objects.filter(pk__in=report.ended):
+        runner.announce(job)  # their watchers would otherwise wait for a worker that died
+    return vars(report)

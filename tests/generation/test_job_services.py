@@ -126,3 +126,39 @@ def test_the_reaper_resends_messages_for_queued_jobs_the_broker_lost(alice, cele
     report = services.jobs_reap(broker_backlog=1)
     assert report.resent == 2
     assert celery_queue.backlog() == 2
+
+
+def test_the_reaper_cancels_a_stale_job_its_owner_canceled(alice):
+    queue(alice)
+    job = services.job_claim_next(worker="w")
+    services.job_cancel(job=job)
+    stale(job)
+    report = services.jobs_reap(broker_backlog=0)
+    job.refresh_from_db()
+    assert job.status == "canceled" and (report.canceled, report.ended) == (1, [str(job.pk)])
+
+
+def test_the_reap_task_tells_watchers_of_a_job_it_ended(transactional_db, alice, settings):
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+    from channels.layers import get_channel_layer
+
+    from generation.tasks import reap_jobs
+    from tests.conftest import run_async
+
+    settings.STUDIO_MAX_ATTEMPTS = 1
+    queue(alice)
+    job = services.job_claim_next(worker="w")
+    stale(job)
+
+    async def watch_while_reaping():
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(job.group_name, channel)
+        await sync_to_async(reap_jobs)()
+        return await asyncio.wait_for(layer.receive(channel), 10)
+
+    message = run_async(watch_while_reaping())
+    assert message["type"] == "job.state" and message["job"]["status"] == "failed"
+    assert "stopped responding" in message["job"]["error"]
