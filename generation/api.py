@@ -134,10 +134,10 @@ def job_detail(request: HttpRequest, job_id: UUID):
 def job_cancel(request: HttpRequest, job_id: UUID):
     """Cancel my job: a queued one at once, a running one within a step."""
     job = _own_job(request, job_id)
-    if job.owner_id != request.auth.pk:
-        raise Http404  # staff may look at anyone's job, but only its owner cancels it
-    services.job_cancel(job=job)
-    job.refresh_from_db()
+    try:
+        services.job_cancel(job=job, actor=request.auth)
+    except services.NotJobOwner:
+        raise Http404 from None
     return job_out(job)
 
 

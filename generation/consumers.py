@@ -35,10 +35,12 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         if content.get("type") != "cancel":
             await self.send_json({"type": "error", "error": "Unknown message type."})
             return
-        if self.job.owner_id != self.scope["user"].pk:
-            await self.send_json({"type": "error", "error": "Only the owner can cancel."})
+        cancel = database_sync_to_async(services.job_cancel)
+        try:
+            await cancel(job=self.job, actor=self.scope["user"])
+        except services.NotJobOwner as exc:
+            await self.send_json({"type": "error", "error": str(exc)})
             return
-        await database_sync_to_async(services.job_cancel)(job=self.job)
         await self.send_json(await database_sync_to_async(self.current_state)())
 
     # Group messages from the worker, relayed as they are.

@@ -163,15 +163,18 @@ def job_mark_canceled(*, job: Job) -> bool:
     return changed == 1
 
 
-def job_cancel(*, job: Job) -> str:
+class NotJobOwner(Exception):
+    """Staff may look at anyone's job, but only its owner cancels it."""
+
+
+def job_cancel(*, job: Job, actor) -> str:
     """Cancel a job for its owner: a queued job at once, a running one within a step.
-    Returns the job's status after the request."""
-    now = timezone.now()
-    if Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
-        status=Job.Status.CANCELED, finished_at=now
-    ):
-        return Job.Status.CANCELED
-    Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(cancel_requested=True)
+    Refreshes `job` and returns its status after the request."""
+    if job.owner_id != actor.pk:
+        raise NotJobOwner("Only the job's owner can cancel it.")
+    queued = Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED)
+    if not queued.update(status=Job.Status.CANCELED, finished_at=timezone.now()):
+        Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(cancel_requested=True)
     job.refresh_from_db()
     return job.status
 

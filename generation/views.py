@@ -59,10 +59,10 @@ def job_detail(request, job_id):
 @require_POST
 def job_cancel(request, job_id):
     job = _job_or_404(request, job_id)
-    if job.owner_id != request.user.pk:
-        raise Http404
-    services.job_cancel(job=job)
-    job.refresh_from_db()
+    try:
+        services.job_cancel(job=job, actor=request.user)
+    except services.NotJobOwner:
+        raise Http404 from None
     return JsonResponse({"job": job_state(job)})
 
 

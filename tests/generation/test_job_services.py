@@ -77,14 +77,14 @@ def test_the_per_minute_limit_says_when_to_retry(alice, settings):
 
 def test_canceling_a_queued_job_is_immediate(alice):
     (job,) = queue(alice)
-    assert services.job_cancel(job=job) == "canceled"
+    assert services.job_cancel(job=job, actor=alice) == "canceled"
     assert services.job_claim_next(worker="w") is None
 
 
 def test_canceling_a_running_job_stops_its_next_step(alice):
     queue(alice)
     job = services.job_claim_next(worker="w")
-    assert services.job_cancel(job=job) == "running"
+    assert services.job_cancel(job=job, actor=alice) == "running"
     assert services.job_progress(job=job, step=1) is False
     assert services.job_mark_canceled(job=job)
 
@@ -131,7 +131,7 @@ def test_the_reaper_resends_messages_for_queued_jobs_the_broker_lost(alice, cele
 def test_the_reaper_cancels_a_stale_job_its_owner_canceled(alice):
     queue(alice)
     job = services.job_claim_next(worker="w")
-    services.job_cancel(job=job)
+    services.job_cancel(job=job, actor=alice)
     stale(job)
     report = services.jobs_reap(broker_backlog=0)
     job.refresh_from_db()
@@ -162,3 +162,11 @@ def test_the_reap_task_tells_watchers_of_a_job_it_ended(transactional_db, alice,
     message = run_async(watch_while_reaping())
     assert message["type"] == "job.state" and message["job"]["status"] == "failed"
     assert "stopped responding" in message["job"]["error"]
+
+
+def test_only_the_owner_cancels_not_even_staff(alice, admin):
+    (job,) = queue(alice)
+    with pytest.raises(services.NotJobOwner):
+        services.job_cancel(job=job, actor=admin)
+    job.refresh_from_db()
+    assert job.status == "queued"
