@@ -11,7 +11,9 @@ from .workers import broker_backlog
 WORKER_NAME = socket.gethostname()
 
 
-@shared_task(name="generation.run_job")
+# The job's row is its result: nobody reads a Celery result, and storing one (and, on
+# submit, subscribing to it) would cost every job a few Redis round trips.
+@shared_task(name="generation.run_job", ignore_result=True)
 def run_job(job_id: str | None = None) -> str:
     """Run the next job in fair order. `job_id` names the job this message was sent for;
     the worker may run another (DESIGN §3), and every message runs at most one job."""

@@ -7,7 +7,9 @@ stock scheduler class given that config steps exactly the same.
 """
 
 import inspect
+import json
 import math
+from functools import lru_cache
 from typing import Any
 
 import diffusers
@@ -89,7 +91,53 @@ def make_scheduler(
         options["noise_sampler_seed"] = [seed + i for i in range(batch_size)]
     # Passed as keyword arguments: from_config skips config keys listed in the base config's
     # `_use_default_values`, which would silently drop an override of such a key.
-    return cls.from_config(config, **_accepted(cls, options))
+    return _from_the_first_step(cls.from_config(config, **_accepted(cls, options)))
+
+
+def _from_the_first_step(scheduler: SchedulerMixin) -> SchedulerMixin:
+    """Make the scheduler start every run at its first step, even when timesteps repeat.
+
+    A sigma-stepping scheduler finds where it is by looking its first timestep up in its
+    schedule, and takes the second match when it repeats (meant for img2img). Karras
+    spacing on a zero-terminal-SNR schedule puts its first few sigmas (4096, 2971, 2122 …)
+    all between the last two training steps; DPM-Solver truncates cosine-schedule timesteps
+    to integers, and whether the first one lands on 999 or 998 hangs on the last bits of a
+    float (998.99999976 on one build machine, 999 on the ones before). On 998, the run
+    started a step late and ran off the end of its sigmas (IndexError). Pinning the begin
+    index, as diffusers' img2img pipelines do, makes the lookup moot; the pipeline calls
+    ``set_timesteps`` once per run, which clears it, so it is set again right after.
+    Schedulers without step indices are left alone.
+    """
+    if not hasattr(scheduler, "set_begin_index"):
+        return scheduler
+    set_timesteps = scheduler.set_timesteps
+
+    def set_timesteps_from_the_first(*args, **kwargs):
+        set_timesteps(*args, **kwargs)
+        scheduler.set_begin_index(0)
+
+    scheduler.set_timesteps = set_timesteps_from_the_first
+    return scheduler
+
+
+def resolved_ref(
+    name: str, base_config: dict[str, Any], seed: int, batch_size: int = 1
+) -> SchedulerRef:
+    """``scheduler_ref(make_scheduler(...))``, remembered per sampler and model config.
+
+    Every submission resolves its sampler, and building a scheduler takes milliseconds
+    (diffusers inspects constructor signatures, and the floored betas need a schedule of
+    their own), spent while the person who pressed Generate waits. Only the SDE sampler's
+    config depends on the seeds. The ref is shared: ``Recipe.to_json`` copies its config.
+    """
+    seeds = (seed, batch_size) if SAMPLERS[name][0] is DPMSolverSDEScheduler else None
+    return _resolved_ref(name, json.dumps(base_config, sort_keys=True), seeds)
+
+
+@lru_cache(maxsize=128)
+def _resolved_ref(name: str, config_json: str, seeds: tuple[int, int] | None) -> SchedulerRef:
+    seed, batch_size = seeds or (0, 1)
+    return scheduler_ref(make_scheduler(name, json.loads(config_json), seed, batch_size))
 
 
 def sampling_betas(config: dict[str, Any]) -> dict[str, Any]:
@@ -149,4 +197,4 @@ def scheduler_from_ref(ref: SchedulerRef) -> SchedulerMixin:
     cls = scheduler_class(ref.class_name)
     if cls is None:
         raise KeyError(f"{ref.class_name!r} is not a diffusers scheduler")
-    return cls.from_config(ref.config)
+    return _from_the_first_step(cls.from_config(ref.config))

@@ -12,7 +12,7 @@ from .recipe import (
     RecipeError,
     check_numbers,
 )
-from .samplers import SAMPLERS, make_scheduler, scheduler_class, scheduler_ref
+from .samplers import SAMPLERS, resolved_ref, scheduler_class
 from .seeds import random_seed
 
 
@@ -86,5 +86,5 @@ def build_recipe(
         batch_size=batch_size,
     )
     validate_recipe(recipe, spec)
-    scheduler = make_scheduler(sampler, spec.scheduler_config, recipe.seed, batch_size)
-    return replace(recipe, scheduler=scheduler_ref(scheduler))
+    scheduler = resolved_ref(sampler, spec.scheduler_config, recipe.seed, batch_size)
+    return replace(recipe, scheduler=scheduler)

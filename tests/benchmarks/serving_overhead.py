@@ -113,14 +113,31 @@ async def watch(ws_base: str, job_id: str, token: str) -> tuple[float, float | N
                 return time.perf_counter(), first_preview
 
 
-def served_run(session: Session, ws_base: str, token: str, params: dict) -> tuple[float, float]:
+def served_run(
+    session: Session, ws_base: str, token: str, params: dict
+) -> tuple[float, float, dict]:
+    """Submit-to-stored seconds, milliseconds from the job's start to the first preview, and
+    where the time went (milliseconds, from the job's own timestamps and this client's)."""
     from generation.models import Job
 
-    started = time.perf_counter()
+    started, submitted_at = time.perf_counter(), time.time()
     job = session.submit(params)
+    answered_at = time.time()
     finished, first_preview = asyncio.run(watch(ws_base, job["id"], token))
-    claimed = Job.objects.get(pk=job["id"]).started_at.timestamp()
-    return finished - started, (first_preview - claimed) * 1000
+    received_at = time.time() - (time.perf_counter() - finished)
+    job = Job.objects.get(pk=job["id"])
+    claimed = job.started_at.timestamp()
+    stored = job.finished_at.timestamp()
+    parts = {
+        "submit": answered_at - submitted_at,
+        "queue": claimed - job.queued_at.timestamp(),
+        "engine": job.timings["total"],
+        "run": stored - claimed,
+        "announce": received_at - stored,
+    }
+    return finished - started, (first_preview - claimed) * 1000, {
+        k: v * 1000 for k, v in parts.items()
+    }
 
 
 def bare_run(recipe_json: dict, threads: int | None):
@@ -176,11 +193,12 @@ def main() -> None:
             seconds, timings = bare_run(recipe_json, args.threads)
             bare.append(seconds)
             steps.append(statistics.median(timings["steps"]) * 1000)
-            total, first_ms = served_run(session, ws_base, token, params)
+            total, first_ms, parts = served_run(session, ws_base, token, params)
             served.append(total)
             first.append(first_ms)
             print(f"run {run + 1}: engine {seconds * 1000:.0f} ms, served {total * 1000:.0f} ms, "
-                  f"first preview {first_ms:.0f} ms after start")
+                  f"first preview {first_ms:.0f} ms after start; served: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
     finally:
         web.terminate()
         worker.terminate()

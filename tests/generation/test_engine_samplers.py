@@ -112,3 +112,18 @@ def test_every_sampler_runs_on_the_demo_model(name, demo_pipeline):
     pixels = np.asarray(result.images[0], dtype=float)
     assert result.images[0].size == (64, 64)
     assert pixels.std() > 10, "a flat image: the sampler did not denoise"
+
+
+@pytest.mark.parametrize("name", ["DPM++ 2M Karras", "Euler", "DPM++ SDE Karras"])
+def test_a_run_starts_at_the_first_step_even_when_the_first_timestep_repeats(name):
+    # Karras spacing at zero terminal SNR puts several sigmas between the last two training
+    # steps; whether their truncated timesteps repeat the first one depends on the CPU's
+    # rounding. Where they do, a scheduler that looks its place up starts a step late.
+    scheduler = make_scheduler(name, COSINE_V, seed=0)
+    scheduler.set_timesteps(20)
+    assert scheduler.begin_index == 0
+    scheduler.timesteps[1] = scheduler.timesteps[0]
+    x = torch.zeros(1, 4, 8, 8)
+    for t in scheduler.timesteps:
+        x = scheduler.step(torch.zeros_like(x), t, x, return_dict=False)[0]
+    assert scheduler.step_index == len(scheduler.timesteps)
