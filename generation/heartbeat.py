@@ -44,10 +44,6 @@ class Heartbeat:
 
     def _run(self) -> None:
         try:
-            with connection.cursor() as cursor:
-                # This thread's own connection writes only heartbeats: one lost in a database
-                # crash is harmless (the next step writes another), so none waits for the disk.
-                cursor.execute("SET synchronous_commit TO OFF")
             while (step := self._next()) is not None:
                 if not services.job_progress(job=self.job, step=step):
                     self.keep_running = False

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, F, Max, OuterRef, Q, Subquery
+from django.db.models import Count, F, Max, Min, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from .models import Job, Output
@@ -43,23 +43,32 @@ def get_job_for_user(*, user, job_id) -> Job | None:
 def check_limits(user) -> None:
     """Raise LimitExceeded when the user may not queue another job now."""
     now = timezone.now()
-    queued = Job.objects.filter(owner=user, status=Job.Status.QUEUED).count()
+    window = now - timedelta(seconds=60)
+    queued, recent = Q(status=Job.Status.QUEUED), Q(queued_at__gt=window)
+    # One query for both limits: it runs before every job is dispatched.
+    counts = (
+        Job.objects.filter(queued | recent, owner=user)
+        .aggregate(
+            queued=Count("pk", filter=queued),
+            recent=Count("pk", filter=recent),
+            oldest_recent=Min("queued_at", filter=recent),
+        )
+    )
     limit = settings.STUDIO_MAX_QUEUED_PER_USER
-    if queued >= limit:
+    if counts["queued"] >= limit:
         raise LimitExceeded(
-            f"You already have {queued} jobs waiting (the limit is {limit}). "
+            f"You already have {counts['queued']} jobs waiting (the limit is {limit}). "
             "Submit again when one of them has started.",
             retry_after=5,
         )
-    window = now - timedelta(seconds=60)
-    recent = Job.objects.filter(owner=user, queued_at__gt=window).order_by("queued_at")
     per_minute = settings.STUDIO_MAX_SUBMITS_PER_MINUTE
-    times = list(recent.values_list("queued_at", flat=True)[: per_minute + 1])
-    if len(times) >= per_minute:
-        wait = math.ceil((times[0] + timedelta(seconds=60) - now).total_seconds())
+    if counts["recent"] >= per_minute:
+        wait = math.ceil(
+            (counts["oldest_recent"] + timedelta(seconds=60) - now).total_seconds()
+        )
         raise LimitExceeded(
-            f"You submitted {len(times)} jobs in the last minute (the limit is {per_minute}). "
-            f"Try again in {max(wait, 1)} s.",
+            f"You submitted {counts['recent']} jobs in the last minute "
+            f"(the limit is {per_minute}). Try again in {max(wait, 1)} s.",
             retry_after=max(wait, 1),
         )
 
@@ -117,7 +126,11 @@ def job_claim_next(*, worker: str) -> Job | None:
         )
     if changed != 1:
         return None  # another worker got there first
-    job.refresh_from_db()
+    # The row was locked from the read to the update: the job is what was read plus what
+    # was set, so it needs no second read.
+    job.status, job.attempt, job.worker = Job.Status.RUNNING, job.attempt + 1, worker
+    job.started_at = job.heartbeat = now
+    job.step, job.error = 0, ""
     return job
 
 
