@@ -41,7 +41,7 @@ def images_create_for_job(*, job: Job, outputs: list[Output]) -> list[Image]:
     recipe = job.recipe
     images = [
         Image.objects.create(
-            output=output, owner=job.owner, prompt=recipe.get("prompt", ""),
+            output=output, owner_id=job.owner_id, prompt=recipe.get("prompt", ""),
             model_name=recipe.get("model", {}).get("name", ""),
             sampler=recipe.get("sampler", ""),
             seed=output.recipe.get("seed", 0) + output.recipe.get("batch_index", 0),
