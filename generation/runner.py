@@ -23,7 +23,8 @@ TRAJECTORY_FRAMES = 24
 class StepReporter:
     """Called by the engine after every step: the heartbeat (which also carries the cancel
     check), a preview to the job's websocket group, and every k-th preview kept for the
-    trajectory. Nothing here waits on the database; the preview is one Redis PUBLISH."""
+    trajectory. It runs on the engine's reporter thread, beside sampling; nothing here waits
+    on the database, and the preview is one Redis PUBLISH."""
 
     def __init__(self, job: Job):
         self.job = job

@@ -25,7 +25,8 @@ Generation (``generate.py``, ``previews.py``)
     generate(recipe, *, pipeline=None, on_step=None, should_cancel=None, preview=Previews())
         -> Result(images, recipes, timings, canceled)
         on_step(step, total, preview_bytes | None, elapsed_seconds) after each of ``steps``
-        steps; should_cancel() after each model call, stopping within one step.
+        steps, in order, on a reporter thread beside the sampling loop; should_cancel() after
+        each model call, on the sampling thread, stopping within one step.
     Previews(vae_every=0, max_size=256, format="WEBP"), fit_latent_rgb(pipeline)
     WeightsMismatchError, GenerationError
 

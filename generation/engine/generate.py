@@ -1,6 +1,8 @@
 """Running a recipe: the stock diffusers pipeline, with a step callback for previews, timings
 and cancel, and the initial noise drawn exactly as DESIGN §4 fixes it."""
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -85,7 +87,7 @@ def generate(
         return Result(
             images=[], recipes=[], timings=stepper.timings(loaded - started), canceled=True
         )
-    with pinned_threads(recipe.threads):
+    with pinned_threads(recipe.threads), stepper.reporting():
         latents = _denoise(pipe, recipe, stepper)
         if stepper.canceled:
             return Result(
@@ -221,6 +223,11 @@ class _Stepper:
 
     Second-order samplers call the model twice per step; a step counts when the pipeline's
     own progress bar would advance, so ``on_step`` fires exactly ``steps`` times.
+
+    The sampling thread only times the step and hands what a preview needs to a
+    ``_Reporter`` thread, which makes the preview and calls ``on_step``. On a CPU, a preview
+    and what a caller does with it (encode, send, record) would otherwise add their time to
+    every step; beside the loop they overlap the next step's model call.
     """
 
     def __init__(
@@ -236,6 +243,7 @@ class _Stepper:
         self.should_cancel = should_cancel
         self.preview = preview if on_step is not None else None
         self.latent_rgb = latent_rgb
+        self.reporter: _Reporter | None = None
         self.tensor_inputs = ["noise_pred", "latent_model_input"] if self.preview else []
         self.step = 0
         self.step_seconds: list[float] = []
@@ -250,14 +258,30 @@ class _Stepper:
             now = time.perf_counter()
             self.step_seconds.append(now - self.last)
             self.last = now
-            if self.on_step is not None:
-                image = self._preview(pipe, t, tensors) if self.preview else None
-                self.on_step(self.step, self.recipe.steps, image, now - self.started)
+            if self.reporter is not None:
+                self.reporter.raise_failure()
+                make = self._preview_maker(pipe, t, tensors) if self.preview else None
+                self.reporter.put(self.step, self.recipe.steps, make, now - self.started)
         if self.should_cancel is not None and self.should_cancel():
             # diffusers' documented way to stop: the loop skips its remaining iterations.
             pipe._interrupt = True
             self.canceled = True
         return {}
+
+    @contextmanager
+    def reporting(self) -> Iterator[None]:
+        """The reporter thread's life: the block returns after the last ``on_step`` call,
+        and raises its failure unless the block is already raising one of its own."""
+        if self.on_step is None:
+            yield
+            return
+        self.reporter = _Reporter(self.on_step)
+        try:
+            yield
+        except BaseException:
+            self.reporter.close(quietly=True)
+            raise
+        self.reporter.close()
 
     def _completes_step(self, pipe: StudioPipeline, i: int) -> bool:
         # The rule StableDiffusionPipeline's progress bar follows.
@@ -265,8 +289,11 @@ class _Stepper:
         warmup = pipe.num_timesteps - self.recipe.steps * order
         return i == pipe.num_timesteps - 1 or (i + 1 > warmup and (i + 1) % order == 0)
 
-    def _preview(self, pipe: StudioPipeline, t: torch.Tensor, tensors: dict) -> bytes:
-        x0 = predicted_x0(
+    def _preview_maker(self, pipe: StudioPipeline, t: torch.Tensor, tensors: dict):
+        """What to run for this step's preview: a VAE decode runs here, on the sampling
+        thread (the VAE is not safe to share between threads); a projection runs later, on
+        the reporter's, from this step's own tensors (the pipeline makes new ones each step)."""
+        x0_inputs = (
             tensors["noise_pred"],
             tensors["latent_model_input"],
             t,
@@ -275,10 +302,45 @@ class _Stepper:
         )
         if self.preview.vae_every and self.step % self.preview.vae_every == 0:
             with torch.no_grad():
-                images = vae_decode(pipe, x0.to(pipe.vae.dtype))
-        else:
-            images = self.latent_rgb.project(x0)
-        return encode(images, self.preview)
+                images = vae_decode(pipe, predicted_x0(*x0_inputs).to(pipe.vae.dtype))
+            return lambda: encode(images, self.preview)
+        return lambda: encode(self.latent_rgb.project(predicted_x0(*x0_inputs)), self.preview)
 
     def timings(self, load_seconds: float) -> dict[str, Any]:
         return {"load": load_seconds, "steps": self.step_seconds}
+
+
+class _Reporter:
+    """One thread that makes previews and calls ``on_step``, in step order, beside the
+    sampling loop. A failure in it stops the run at the next step and is raised there, or by
+    ``close``."""
+
+    def __init__(self, on_step: OnStep):
+        self.on_step = on_step
+        self.failure: BaseException | None = None
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="engine-reporter", daemon=True)
+        self.thread.start()
+
+    def put(self, step: int, total: int, make_preview, elapsed: float) -> None:
+        self.queue.put((step, total, make_preview, elapsed))
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def close(self, quietly: bool = False) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if not quietly:
+            self.raise_failure()
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.failure is not None:
+                continue  # drain: the run is stopping
+            step, total, make_preview, elapsed = item
+            try:
+                self.on_step(step, total, make_preview() if make_preview else None, elapsed)
+            except BaseException as exc:  # handed to the sampling thread
+                self.failure = exc
