@@ -224,10 +224,11 @@ class _Stepper:
     Second-order samplers call the model twice per step; a step counts when the pipeline's
     own progress bar would advance, so ``on_step`` fires exactly ``steps`` times.
 
-    The sampling thread only times the step and hands what a preview needs to a
-    ``_Reporter`` thread, which makes the preview and calls ``on_step``. On a CPU, a preview
-    and what a caller does with it (encode, send, record) would otherwise add their time to
-    every step; beside the loop they overlap the next step's model call.
+    The sampling thread times the step and makes its preview, then hands both to a
+    ``_Reporter`` thread that calls ``on_step``: what a caller does with a step (Studio
+    publishes it and records a heartbeat) overlaps the next step's model call instead of
+    adding to every step. The preview itself stays here: made on the reporter's thread it
+    cost more, the two threads taking turns at the interpreter lock (docs/engine.md).
     """
 
     def __init__(
@@ -260,8 +261,8 @@ class _Stepper:
             self.last = now
             if self.reporter is not None:
                 self.reporter.raise_failure()
-                make = self._preview_maker(pipe, t, tensors) if self.preview else None
-                self.reporter.put(self.step, self.recipe.steps, make, now - self.started)
+                image = self._preview(pipe, t, tensors) if self.preview else None
+                self.reporter.put(self.step, self.recipe.steps, image, now - self.started)
         if self.should_cancel is not None and self.should_cancel():
             # diffusers' documented way to stop: the loop skips its remaining iterations.
             pipe._interrupt = True
@@ -289,11 +290,8 @@ class _Stepper:
         warmup = pipe.num_timesteps - self.recipe.steps * order
         return i == pipe.num_timesteps - 1 or (i + 1 > warmup and (i + 1) % order == 0)
 
-    def _preview_maker(self, pipe: StudioPipeline, t: torch.Tensor, tensors: dict):
-        """What to run for this step's preview: a VAE decode runs here, on the sampling
-        thread (the VAE is not safe to share between threads); a projection runs later, on
-        the reporter's, from this step's own tensors (the pipeline makes new ones each step)."""
-        x0_inputs = (
+    def _preview(self, pipe: StudioPipeline, t: torch.Tensor, tensors: dict) -> bytes:
+        x0 = predicted_x0(
             tensors["noise_pred"],
             tensors["latent_model_input"],
             t,
@@ -302,18 +300,18 @@ class _Stepper:
         )
         if self.preview.vae_every and self.step % self.preview.vae_every == 0:
             with torch.no_grad():
-                images = vae_decode(pipe, predicted_x0(*x0_inputs).to(pipe.vae.dtype))
-            return lambda: encode(images, self.preview)
-        return lambda: encode(self.latent_rgb.project(predicted_x0(*x0_inputs)), self.preview)
+                images = vae_decode(pipe, x0.to(pipe.vae.dtype))
+        else:
+            images = self.latent_rgb.project(x0)
+        return encode(images, self.preview)
 
     def timings(self, load_seconds: float) -> dict[str, Any]:
         return {"load": load_seconds, "steps": self.step_seconds}
 
 
 class _Reporter:
-    """One thread that makes previews and calls ``on_step``, in step order, beside the
-    sampling loop. A failure in it stops the run at the next step and is raised there, or by
-    ``close``."""
+    """One thread that calls ``on_step``, in step order, beside the sampling loop. A failure
+    in it stops the run at the next step and is raised there, or by ``close``."""
 
     def __init__(self, on_step: OnStep):
         self.on_step = on_step
@@ -322,8 +320,8 @@ class _Reporter:
         self.thread = threading.Thread(target=self._run, name="engine-reporter", daemon=True)
         self.thread.start()
 
-    def put(self, step: int, total: int, make_preview, elapsed: float) -> None:
-        self.queue.put((step, total, make_preview, elapsed))
+    def put(self, step: int, total: int, preview: bytes | None, elapsed: float) -> None:
+        self.queue.put((step, total, preview, elapsed))
 
     def raise_failure(self) -> None:
         if self.failure is not None:
@@ -339,8 +337,7 @@ class _Reporter:
         while (item := self.queue.get()) is not None:
             if self.failure is not None:
                 continue  # drain: the run is stopping
-            step, total, make_preview, elapsed = item
             try:
-                self.on_step(step, total, make_preview() if make_preview else None, elapsed)
+                self.on_step(*item)
             except BaseException as exc:  # handed to the sampling thread
                 self.failure = exc

@@ -1,5 +1,7 @@
 """Cancel: checked after every model call, the run stops within one step."""
 
+import pytest
+
 from generation import engine
 
 
@@ -52,3 +54,28 @@ def test_canceled_before_the_first_step_runs_nothing(make_recipe, tiny_pipeline)
 def test_a_run_not_canceled_finishes(make_recipe, tiny_pipeline):
     result = engine.generate(make_recipe(), pipeline=tiny_pipeline, should_cancel=lambda: False)
     assert not result.canceled and len(result.images) == 1
+
+
+def test_a_failing_on_step_stops_the_run_and_is_raised(make_recipe, tiny_pipeline):
+    # on_step runs on the reporter thread; its failure must not be lost or run on.
+    class Broken(Exception):
+        pass
+
+    seen = []
+
+    def on_step(step, *_):
+        seen.append(step)
+        if step == 2:
+            raise Broken("the caller broke")
+
+    with pytest.raises(Broken, match="the caller broke"):
+        engine.generate(make_recipe(steps=12), pipeline=tiny_pipeline, on_step=on_step)
+    assert seen == [1, 2]  # nothing after the failure
+
+
+def test_every_step_reaches_on_step_in_order_before_generate_returns(make_recipe, tiny_pipeline):
+    seen = []
+    result = engine.generate(
+        make_recipe(steps=9), pipeline=tiny_pipeline, on_step=lambda step, *_: seen.append(step)
+    )
+    assert seen == list(range(1, 10)) and len(result.images) == 1
