@@ -134,8 +134,8 @@ def job_claim_next(*, worker: str) -> Job | None:
     return job
 
 
-# The heartbeat runs every sampling step beside the loop; the ORM's query building would
-# cost more interpreter time than the write itself, time the loop shares (see heartbeat.py).
+# It runs every sampling step, beside the loop (heartbeat.py): one plain statement rather
+# than a query the ORM builds anew each step.
 PROGRESS_SQL = (
     f"UPDATE {Job._meta.db_table} SET step = %s, heartbeat = %s "  # noqa: S608 (a model's table)
     "WHERE id = %s AND status = %s AND attempt = %s AND NOT cancel_requested"

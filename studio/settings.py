@@ -115,7 +115,9 @@ DATABASES = {
 }
 # Connections come from a pool: opening one costs about 3 ms, on every request and every
 # job otherwise, and under ASGI Django must not keep one per thread instead (its docs say so).
-# DATABASE_CONN_MAX_AGE > 0 (persistent connections, no pool) is the other choice.
+# DATABASE_CONN_MAX_AGE > 0 (persistent connections, no pool) is the other choice. A thread
+# of our own that uses the database must close its connection when it ends (the heartbeat
+# does), or that connection stays out of the pool for good.
 if envbool("DATABASE_POOL", True) and not DATABASES["default"]["CONN_MAX_AGE"]:
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 1,
