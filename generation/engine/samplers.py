@@ -102,7 +102,7 @@ def _from_the_first_step(scheduler: SchedulerMixin) -> SchedulerMixin:
     spacing on a zero-terminal-SNR schedule puts its first few sigmas (4096, 2971, 2122 …)
     all between the last two training steps; DPM-Solver truncates cosine-schedule timesteps
     to integers, and whether the first one lands on 999 or 998 hangs on the last bits of a
-    float (998.99999976 on one build machine, 999 on the ones before). On 998, the run
+    float (998.99999976 on one build machine, not on the ones before). On 998, the run
     started a step late and ran off the end of its sigmas (IndexError). Pinning the begin
     index, as diffusers' img2img pipelines do, makes the lookup moot; the pipeline calls
     ``set_timesteps`` once per run, which clears it, so it is set again right after.
