@@ -20,6 +20,8 @@ import redis
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,11 @@ class GroupPublisher:
         self.layer = get_channel_layer()
         self.prefix = config["CONFIG"].get("prefix", "asgi")
         # Thread-safe (a connection pool), and it reconnects after a fork or a Redis restart.
-        self.redis = redis.Redis.from_url(hosts[0], socket_timeout=1, socket_connect_timeout=1)
+        # One quick retry (a connection Redis dropped), not redis-py's default of several
+        # with back-off: a step's message is not worth holding up the steps behind it.
+        self.redis = redis.Redis.from_url(
+            hosts[0], socket_timeout=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 1)
+        )
 
     def send(self, group: str, message: dict) -> bool:
         """Publish to the group's subscribers; False (and a warning) if Redis refused."""

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from django.db import connection
 
 from . import recipes, services
 from .models import Job, Output
@@ -54,13 +55,24 @@ async def wait_for_job(job: Job, *, timeout: float = WAIT_SECONDS) -> Job:
             async with asyncio.timeout(timeout):
                 while True:
                     finished.clear()  # before the read: a message after it must wake us
-                    await job.arefresh_from_db()
+                    await _reread(job)
                     if job.is_finished:
                         return job
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(finished.wait(), POLL_SECONDS)
         except TimeoutError:
             raise WaitTimeout(job) from None
+
+
+@sync_to_async
+def _reread(job: Job) -> None:
+    """Read the job again and hand the connection back at once: a wait can last half an hour,
+    and keeping the connection between reads would take it from the pool (at most
+    DATABASE_POOL_MAX_SIZE) for all that time."""
+    try:
+        job.refresh_from_db()
+    finally:
+        connection.close()
 
 
 @contextlib.asynccontextmanager

@@ -117,11 +117,12 @@ DATABASES = {
 # job otherwise, and under ASGI Django must not keep one per thread instead (its docs say so).
 # DATABASE_CONN_MAX_AGE > 0 (persistent connections, no pool) is the other choice. A thread
 # of our own that uses the database must close its connection when it ends (the heartbeat
-# does), or that connection stays out of the pool for good.
+# does), or that connection stays out of the pool for good, and so must a long wait between
+# reads (generation/waiting.py). Celery's prefork workers close their pool around each task.
 if envbool("DATABASE_POOL", True) and not DATABASES["default"]["CONN_MAX_AGE"]:
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 1,
-        "max_size": envint("DATABASE_POOL_MAX_SIZE", 8),
+        "max_size": envint("DATABASE_POOL_MAX_SIZE", 16),
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

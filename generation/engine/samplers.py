@@ -6,10 +6,10 @@ decides only how it steps. The config it resolves to is recorded in the recipe i
 stock scheduler class given that config steps exactly the same.
 """
 
+import functools
 import inspect
 import json
 import math
-from functools import lru_cache
 from typing import Any
 
 import diffusers
@@ -112,6 +112,9 @@ def _from_the_first_step(scheduler: SchedulerMixin) -> SchedulerMixin:
         return scheduler
     set_timesteps = scheduler.set_timesteps
 
+    # wraps: pipelines inspect set_timesteps' signature (custom timesteps or sigmas). A copy
+    # of the scheduler would still drive the original: build another from the ref instead.
+    @functools.wraps(set_timesteps)
     def set_timesteps_from_the_first(*args, **kwargs):
         set_timesteps(*args, **kwargs)
         scheduler.set_begin_index(0)
@@ -134,7 +137,7 @@ def resolved_ref(
     return _resolved_ref(name, json.dumps(base_config, sort_keys=True), seeds)
 
 
-@lru_cache(maxsize=128)
+@functools.lru_cache(maxsize=128)
 def _resolved_ref(name: str, config_json: str, seeds: tuple[int, int] | None) -> SchedulerRef:
     seed, batch_size = seeds or (0, 1)
     return scheduler_ref(make_scheduler(name, json.loads(config_json), seed, batch_size))

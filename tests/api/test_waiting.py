@@ -70,3 +70,20 @@ def test_a_failed_job_gives_its_reason(alice):
     with pytest.raises(waiting.NoImages) as failed:
         run(waiting.wait_for_outputs(job))
     assert (failed.value.status, failed.value.message) == (500, "Out of ink")
+
+
+def test_a_wait_holds_no_database_connection_between_reads(alice, monkeypatch):
+    # A wait can last half an hour; a connection kept meanwhile is one the pool lacks.
+    monkeypatch.setattr(waiting, "POLL_SECONDS", 0.2)
+    job = Job.objects.create(owner=alice, recipe={}, total_steps=4)
+    from django.db import connection
+
+    async def go():
+        waiter = asyncio.create_task(waiting.wait_for_job(job, timeout=30))
+        await asyncio.sleep(0.5)  # a few reads have happened by now
+        held = await sync_to_async(lambda: connection.connection is not None)()
+        await sync_to_async(Job.objects.filter(pk=job.pk).update)(status=Job.Status.SUCCEEDED)
+        await waiter
+        return held
+
+    assert run(go()) is False
