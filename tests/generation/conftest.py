@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from generation import engine
+from generation.demo_model.architecture import sampling_scheduler
 
 MAX_TOKENS = 24
 DEMO_WEIGHTS = Path(__file__).resolve().parents[2] / "generation" / "demo_model" / "weights"
@@ -59,15 +60,7 @@ def tiny_components() -> dict:
             pad_token_id=1,
         )
     )
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_schedule="squaredcos_cap_v2",
-        prediction_type="v_prediction",
-        timestep_spacing="trailing",
-        set_alpha_to_one=True,
-        clip_sample=False,
-        steps_offset=1,
-    )
+    scheduler = sampling_scheduler()
     return {
         "unet": unet,
         "vae": vae,

@@ -6,21 +6,13 @@ import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
 from generation import engine
+from generation.demo_model.architecture import sampling_scheduler
 from generation.engine.samplers import TERMINAL_ALPHA_BAR, make_scheduler
 
 from .conftest import DEMO_WEIGHTS
 
 # The demo model's schedule (issue 4): zero terminal SNR, where sigma-stepping schedulers break.
-COSINE_V = dict(
-    DDIMScheduler(
-        beta_schedule="squaredcos_cap_v2",
-        prediction_type="v_prediction",
-        timestep_spacing="trailing",
-        set_alpha_to_one=True,
-        clip_sample=False,
-        steps_offset=1,
-    ).config
-)
+COSINE_V = dict(sampling_scheduler().config)
 DATA_MEAN, DATA_STD = 0.5, 0.5
 
 
