@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Count, F, Max, Min, OuterRef, Q, Subquery
 from django.utils import timezone
 
@@ -120,36 +120,28 @@ def job_claim_next(*, worker: str) -> Job | None:
         job = fair_queue().select_for_update(skip_locked=True, of=("self",)).first()
         if job is None:
             return None
-        changed = Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
-            status=Job.Status.RUNNING, attempt=job.attempt + 1, worker=worker,
-            started_at=now, heartbeat=now, step=0, error="",
-        )
+        started = {
+            "status": Job.Status.RUNNING, "attempt": job.attempt + 1, "worker": worker,
+            "started_at": now, "heartbeat": now, "step": 0, "error": "",
+        }
+        changed = Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(**started)
     if changed != 1:
         return None  # another worker got there first
     # The row was locked from the read to the update: the job is what was read plus what
     # was set, so it needs no second read.
-    job.status, job.attempt, job.worker = Job.Status.RUNNING, job.attempt + 1, worker
-    job.started_at = job.heartbeat = now
-    job.step, job.error = 0, ""
+    for name, value in started.items():
+        setattr(job, name, value)
     return job
-
-
-# It runs every sampling step, beside the loop (heartbeat.py): one plain statement rather
-# than a query the ORM builds anew each step.
-PROGRESS_SQL = (
-    f"UPDATE {Job._meta.db_table} SET step = %s, heartbeat = %s "  # noqa: S608 (a model's table)
-    "WHERE id = %s AND status = %s AND attempt = %s AND NOT cancel_requested"
-)
 
 
 def job_progress(*, job: Job, step: int) -> bool:
     """Record a step and a heartbeat. Returns False when the run must stop: the job was
     canceled, or it was reaped and is no longer this attempt's to run."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            PROGRESS_SQL, [step, timezone.now(), job.pk, Job.Status.RUNNING, job.attempt]
-        )
-        return cursor.rowcount == 1
+    running = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempt=job.attempt)
+    changed = running.filter(cancel_requested=False).update(
+        step=step, heartbeat=timezone.now()
+    )
+    return changed == 1
 
 
 def job_finish(*, job: Job, outputs: list[dict], timings: dict, trajectory: list) -> bool:
