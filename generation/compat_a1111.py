@@ -30,6 +30,7 @@ from studio.api import Text, TokenBasic, TokenBearer, validation_errors
 
 from . import engine, recipes, registry, services, waiting
 from .models import Job, Output
+from .presenters import latest_progress
 
 api = NinjaAPI(
     title="AUTOMATIC1111-compatible API", version="1", urls_namespace="a1111",
@@ -263,8 +264,8 @@ async def txt2img(request: HttpRequest, body: Txt2ImgIn):
 
 @api.get("/progress")
 def progress(request: HttpRequest):
-    """How far the caller's most recent running job is. `current_image` is always null:
-    previews stream over the job's websocket (DESIGN §5) and are not kept while it runs."""
+    """How far the caller's most recent running job is, with its latest step's preview as
+    `current_image` (base64, WebP or JPEG, as the job's websocket sends it; DESIGN §5)."""
     waiting_jobs = Job.objects.filter(owner=request.auth, status__in=[Job.Status.QUEUED,
                                                                       Job.Status.RUNNING])
     job = waiting_jobs.filter(status=Job.Status.RUNNING).order_by("-started_at").first()
@@ -281,6 +282,9 @@ def progress(request: HttpRequest):
                  sampling_steps=job.total_steps,
                  job_timestamp=job.started_at.strftime("%Y%m%d%H%M%S"))
     answer.update(progress=done, eta_relative=elapsed / done - elapsed if done else 0.0)
+    latest = latest_progress(job)
+    if latest is not None and latest.get("preview"):
+        answer["current_image"] = latest["preview"].partition(",")[2]
     return answer
 
 

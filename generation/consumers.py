@@ -4,8 +4,8 @@ and forwards a cancel to the service; job rules live in generation.services."""
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from . import services
-from .presenters import job_state
+from . import broadcast, services
+from .presenters import job_state, latest_progress
 
 
 class JobConsumer(AsyncJsonWebsocketConsumer):
@@ -19,9 +19,17 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=4404)
             return
         # Join before reading the state, so no message falls between the two.
-        await self.channel_layer.group_add(self.job.group_name, self.channel_name)
+        await broadcast.group_add(self.channel_layer, self.job.group_name, self.channel_name)
         await self.accept()
-        await self.send_json(await database_sync_to_async(self.current_state)())
+        for message in await database_sync_to_async(self.catch_up)():
+            await self.send_json(message)
+
+    def catch_up(self) -> list[dict]:
+        """The current state, and while the job runs, its latest step with its preview: a
+        client that connects mid-run draws the picture now, not a step later."""
+        state = self.current_state()
+        latest = latest_progress(self.job)
+        return [state] if latest is None else [state, progress_message(latest)]
 
     def current_state(self) -> dict:
         self.job.refresh_from_db()
@@ -45,7 +53,11 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
 
     # Group messages from the worker, relayed as they are.
     async def job_progress(self, event):
-        await self.send_json({k: v for k, v in event.items() if k != "type"} | {"type": "progress"})
+        await self.send_json(progress_message(event))
 
     async def job_state(self, event):
         await self.send_json({"type": "state", "job": event["job"]})
+
+
+def progress_message(event: dict) -> dict:
+    return {k: v for k, v in event.items() if k != "type"} | {"type": "progress"}

@@ -24,7 +24,8 @@ class StepReporter:
     """Called by the engine after every step: the heartbeat (which also carries the cancel
     check), a preview to the job's websocket group, and every k-th preview kept for the
     trajectory. It runs on the engine's reporter thread, beside sampling; nothing here waits
-    on the database, and the preview is one Redis PUBLISH."""
+    on the database, and the preview is one Redis round trip (published, and kept as the
+    job's latest for clients that connect mid-run)."""
 
     def __init__(self, job: Job):
         self.job = job
@@ -36,9 +37,9 @@ class StepReporter:
         self.heartbeat.beat(step)
         url = _data_url(preview) if preview else None
         broadcast.send(self.job.group_name, {
-            "type": "job.progress", "job": str(self.job.pk), "step": step, "total": total,
-            "elapsed": round(elapsed, 3), "preview": url,
-        })
+            "type": "job.progress", "job": str(self.job.pk), "attempt": self.job.attempt,
+            "step": step, "total": total, "elapsed": round(elapsed, 3), "preview": url,
+        }, keep=True)
         if url and (step % self.every == 0 or step == total):
             self.trajectory.append({"step": step, "image": url})
 

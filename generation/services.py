@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, F, Max, Min, OuterRef, Q, Subquery
 from django.utils import timezone
 
@@ -134,14 +134,24 @@ def job_claim_next(*, worker: str) -> Job | None:
     return job
 
 
+# Every sampling step of every job writes this, from the heartbeat thread beside the loop.
+# Django building the UPDATE took 364 us of interpreter time a call against 111 us for the
+# statement alone, and the loop waits on the interpreter lock meanwhile: measured in one
+# process, the ORM heartbeat made 20 steps 6.6-8.2% slower, this one 2.4-3.1%.
+PROGRESS_SQL = (
+    f"UPDATE {Job._meta.db_table} SET step = %s, heartbeat = %s "  # noqa: S608 (a model's table)
+    "WHERE id = %s AND status = %s AND attempt = %s AND NOT cancel_requested"
+)
+
+
 def job_progress(*, job: Job, step: int) -> bool:
     """Record a step and a heartbeat. Returns False when the run must stop: the job was
     canceled, or it was reaped and is no longer this attempt's to run."""
-    running = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempt=job.attempt)
-    changed = running.filter(cancel_requested=False).update(
-        step=step, heartbeat=timezone.now()
-    )
-    return changed == 1
+    with connection.cursor() as cursor:
+        cursor.execute(
+            PROGRESS_SQL, [step, timezone.now(), job.pk, Job.Status.RUNNING, job.attempt]
+        )
+        return cursor.rowcount == 1
 
 
 def job_finish(*, job: Job, outputs: list[dict], timings: dict, trajectory: list) -> bool:

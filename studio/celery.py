@@ -2,10 +2,21 @@
 
 import os
 
-from celery import Celery
+from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "studio.settings")
 
 app = Celery("studio")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@signals.task_prerun.connect
+@signals.task_postrun.connect
+def hand_back_connections(**kwargs) -> None:
+    """What Django does around a request: a task's connections go back to the pool, and one
+    that broke (a Postgres restart) is dropped. The workers keep their pool between tasks
+    (CELERY_DB_REUSE_MAX in settings) rather than let Celery close it around each one."""
+    from django.db import close_old_connections
+
+    close_old_connections()

@@ -111,6 +111,9 @@ DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/studio"),
         conn_max_age=envint("DATABASE_CONN_MAX_AGE", 0),
+        # A kept connection (pooled or persistent) is checked before each reuse, one round
+        # trip: after a Postgres restart the next request or job gets a new one, not an error.
+        conn_health_checks=envbool("DATABASE_CONN_HEALTH_CHECKS", True),
     )
 }
 # Connections come from a pool: opening one costs about 3 ms, on every request and every
@@ -194,6 +197,12 @@ CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+# Celery's Django fix-up closes a prefork worker's connection pool around every task, so each
+# job opened its connections anew (its claim's and its heartbeat thread's): about 12 ms a job,
+# measured with tests/benchmarks/serving_overhead.py. It keeps them for this many tasks
+# instead; studio/celery.py hands a task's connections back to the pool around each task,
+# which drops one that broke (a Postgres restart).
+CELERY_DB_REUSE_MAX = envint("CELERY_DB_REUSE_MAX", 500)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -114,7 +114,14 @@
   }
 
   function progress(message) {
-    if (!current || message.job !== current.id) return;
+    if (!current || message.job !== current.id || current.finished) return;
+    // The latest step sent on connect can cross a live one still in flight: never go back,
+    // except to a new attempt (a job the reaper requeued starts again from step 1).
+    const attempt = message.attempt || 0;
+    if (attempt < (current.attempt || 0)) return;
+    if (attempt === current.attempt && message.step < current.step) return;
+    current.attempt = attempt;
+    current.step = message.step;
     current.status = "running";
     if (message.preview) {
       preview.src = message.preview;

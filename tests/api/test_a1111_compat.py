@@ -12,7 +12,7 @@ from django.utils import timezone
 from PIL import Image as PILImage
 
 from gallery.models import Image
-from generation import engine
+from generation import broadcast, engine
 from generation.compat_a1111 import A1111Error, Txt2ImgIn, job_params
 from generation.models import Job
 
@@ -147,4 +147,22 @@ def test_progress_reports_my_running_job(alice, bob, token):
     running = Client().get("/sdapi/v1/progress", headers=headers).json()
     assert running["progress"] == 0.5 and running["state"]["job"] == str(job.pk)
     assert running["state"]["sampling_step"] == 5 and 9 < running["eta_relative"] < 12
-    assert running["current_image"] is None
+    assert running["current_image"] is None  # no step of this attempt kept yet
+    keep_progress(job, attempt=job.attempt + 1)  # an earlier attempt's, say: not this one's
+    assert Client().get("/sdapi/v1/progress", headers=headers).json()["current_image"] is None
+    preview = keep_progress(job, attempt=job.attempt)
+    current = Client().get("/sdapi/v1/progress", headers=headers).json()["current_image"]
+    assert base64.b64decode(current) == preview
+    assert PILImage.open(io.BytesIO(base64.b64decode(current))).format == "WEBP"
+
+
+def keep_progress(job, *, attempt) -> bytes:
+    """What a worker's StepReporter keeps for a step: a real WebP preview."""
+    buffer = io.BytesIO()
+    PILImage.new("RGB", (8, 8), "red").save(buffer, format="WEBP")
+    broadcast.send(job.group_name, {
+        "type": "job.progress", "job": str(job.pk), "attempt": attempt, "step": job.step,
+        "total": job.total_steps, "elapsed": 1.0,
+        "preview": "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode(),
+    }, keep=True)
+    return buffer.getvalue()

@@ -48,6 +48,16 @@ def test_a_job_is_claimed_once(alice):
     assert job.status == "running" and job.attempt == 1 and job.worker == "w1"
 
 
+def test_progress_records_the_step_and_a_fresh_heartbeat(alice):
+    queue(alice)
+    job = services.job_claim_next(worker="w1")
+    stale(job)
+    before = timezone.now()
+    assert services.job_progress(job=job, step=3) is True
+    job.refresh_from_db()
+    assert job.step == 3 and job.heartbeat >= before and job.status == "running"
+
+
 def test_progress_from_a_superseded_attempt_is_refused(alice):
     queue(alice)
     job = services.job_claim_next(worker="w1")

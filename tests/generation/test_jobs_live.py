@@ -1,16 +1,18 @@
 """Jobs end to end (issue 5): a real Celery worker process, the real Redis broker and
 channel layer, real websocket connections to a live uvicorn server."""
 
+import asyncio
 import json
 import os
 import signal
 import time
 
 import pytest
+from django.db import connection
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from generation import recipes, services
+from generation import broadcast, recipes, services
 from generation.models import Job
 from generation.workers import broker_backlog
 from studio.services import token_create
@@ -29,24 +31,30 @@ def bearer(user) -> dict:
     return {"Authorization": f"Bearer {token_create(user=user, name='test')[1]}"}
 
 
-def watch(server, job, headers, *, until_final=True, send=None, timeout=120):
-    """Connect to the job's socket and collect messages until its final state."""
+def watch(server, job, headers, *, until_final=True, send=None, timeout=120, count=1):
+    """Connect to the job's socket and collect messages until its final state or, without
+    `until_final`, its first `count` messages (fewer if no more come within `timeout`)."""
 
     async def go():
         messages, pending = [], send
         url = f"{server.ws_url}/ws/jobs/{job.pk}/"
         async with connect(url, additional_headers=headers, open_timeout=10) as ws:
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                message = json.loads(await ws.recv())
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    message = json.loads(await asyncio.wait_for(ws.recv(), left))
+                except TimeoutError:
+                    break
                 messages.append(message)
                 if pending and pending[0](message):
                     await ws.send(json.dumps(pending[1]))
                     pending = None
                 final = message["type"] == "state" and message["job"]["status"] in Job.FINISHED
-                if final or not until_final:
+                if final or (not until_final and len(messages) == count):
                     return messages
-        raise AssertionError(f"no final state in {timeout}s: {messages[-3:]}")
+        if until_final:
+            raise AssertionError(f"no final state in {timeout}s: {messages[-3:]}")
+        return messages
 
     return run_async(go())
 
@@ -89,6 +97,45 @@ def test_a_late_connection_gets_the_current_state(studio_server, celery_worker, 
     late = watch(studio_server, job, bearer(alice), until_final=False)
     assert late[0]["type"] == "state" and late[0]["job"]["status"] == "succeeded"
     assert len(late[0]["job"]["images"]) == 1
+
+
+def test_the_worker_keeps_each_steps_message_as_the_jobs_latest(
+    studio_server, celery_worker, alice, tiny
+):
+    job = submit(alice, tiny, steps=200)
+    url, headers = f"{studio_server.ws_url}/ws/jobs/{job.pk}/", bearer(alice)
+
+    async def go():
+        async with connect(url, additional_headers=headers, open_timeout=10) as ws:
+            step = 0
+            while step < 3:
+                message = json.loads(await asyncio.wait_for(ws.recv(), 60))
+                step = message.get("step", 0) if message["type"] == "progress" else step
+            latest = broadcast.latest(job.group_name)
+            await ws.send(json.dumps({"type": "cancel"}))
+            return step, latest
+
+    step, latest = run_async(go())
+    assert latest["type"] == "job.progress" and latest["step"] >= step
+    assert latest["attempt"] == 1 and latest["preview"].startswith("data:image/")
+
+
+def test_a_connection_joining_mid_run_gets_the_latest_step_with_its_preview(
+    studio_server, alice, tiny
+):
+    job = submit(alice, tiny)
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING, attempt=2, step=4)
+    kept = {"type": "job.progress", "job": str(job.pk), "step": 4, "total": STEPS,
+            "elapsed": 0.5, "preview": "data:image/webp;base64,UklGRg=="}
+    broadcast.send(job.group_name, kept | {"attempt": 1}, keep=True)  # the reaped attempt's
+    stale = watch(studio_server, job, bearer(alice), until_final=False, count=2, timeout=1)
+    assert [m["type"] for m in stale] == ["state"]
+    broadcast.send(job.group_name, kept | {"attempt": 2}, keep=True)
+    state, latest = watch(studio_server, job, bearer(alice), until_final=False, count=2)
+    assert state["type"] == "state" and state["job"]["step"] == 4
+    assert latest == {k: v for k, v in kept.items() if k != "type"} | {
+        "type": "progress", "attempt": 2
+    }
 
 
 def test_carol_cannot_watch_alices_job(studio_server, alice, carol, tiny):
@@ -137,3 +184,18 @@ def test_a_killed_worker_job_is_redelivered_and_finishes_exactly_once(
     assert wait_for(lambda: Job.objects.get(pk=job.pk).status == "succeeded", timeout=120)
     job.refresh_from_db()
     assert job.attempt == 2 and job.outputs.count() == 1
+
+
+def test_the_worker_replaces_kept_connections_that_postgres_dropped(celery_worker, alice, tiny):
+    # The worker keeps its connection pool between jobs (CELERY_DB_REUSE_MAX); a restart of
+    # Postgres, here its backends terminated, must cost no job.
+    first = submit(alice, tiny)
+    assert wait_for(lambda: Job.objects.get(pk=first.pk).status == "succeeded", timeout=120)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert cursor.fetchone()[0] >= 1
+    second = submit(alice, tiny)
+    assert wait_for(lambda: Job.objects.get(pk=second.pk).status == "succeeded", timeout=60)
