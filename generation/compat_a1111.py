@@ -30,7 +30,6 @@ from studio.api import Text, TokenBasic, TokenBearer, validation_errors
 
 from . import engine, recipes, registry, services, waiting
 from .models import Job, Output
-from .presenters import latest_progress
 
 api = NinjaAPI(
     title="AUTOMATIC1111-compatible API", version="1", urls_namespace="a1111",
@@ -282,7 +281,7 @@ def progress(request: HttpRequest):
                  sampling_steps=job.total_steps,
                  job_timestamp=job.started_at.strftime("%Y%m%d%H%M%S"))
     answer.update(progress=done, eta_relative=elapsed / done - elapsed if done else 0.0)
-    latest = latest_progress(job)
+    latest = services.job_latest_step(job)
     if latest is not None and latest.get("preview"):
         answer["current_image"] = latest["preview"].partition(",")[2]
     return answer

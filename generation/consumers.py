@@ -5,7 +5,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from . import broadcast, services
-from .presenters import job_state, latest_progress
+from .presenters import job_state
 
 
 class JobConsumer(AsyncJsonWebsocketConsumer):
@@ -28,7 +28,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         """The current state, and while the job runs, its latest step with its preview: a
         client that connects mid-run draws the picture now, not a step later."""
         state = self.current_state()
-        latest = latest_progress(self.job)
+        latest = services.job_latest_step(self.job)
         return [state] if latest is None else [state, progress_message(latest)]
 
     def current_state(self) -> dict:

@@ -1,6 +1,5 @@
 """The JSON shape of a job, as the websocket, the generate page and the API show it."""
 
-from . import broadcast
 from .models import Job
 from .services import queue_position
 
@@ -39,13 +38,3 @@ def output_state(output) -> dict:
         "height": output.height,
     }
 
-
-def latest_progress(job: Job) -> dict | None:
-    """The running job's latest step as its watchers got it (with its preview), if this
-    attempt has made one: the worker keeps it in Redis beside publishing it."""
-    if job.status != Job.Status.RUNNING:
-        return None
-    latest = broadcast.latest(job.group_name)
-    if latest is None or latest.get("attempt") != job.attempt:
-        return None
-    return latest

@@ -15,6 +15,7 @@ from django.db import connection, transaction
 from django.db.models import Count, F, Max, Min, OuterRef, Q, Subquery
 from django.utils import timezone
 
+from . import broadcast
 from .models import Job, Output
 from .signals import job_succeeded
 
@@ -152,6 +153,18 @@ def job_progress(*, job: Job, step: int) -> bool:
             PROGRESS_SQL, [step, timezone.now(), job.pk, Job.Status.RUNNING, job.attempt]
         )
         return cursor.rowcount == 1
+
+
+def job_latest_step(job: Job) -> dict | None:
+    """The running job's latest step as its watchers got it (with its preview), if this
+    attempt has made one: the worker keeps it in Redis as it publishes it. A reaped attempt
+    that has not stopped yet may still publish; its steps are not this attempt's."""
+    if job.status != Job.Status.RUNNING:
+        return None
+    latest = broadcast.latest(job.group_name)
+    if latest is None or latest.get("attempt") != job.attempt:
+        return None
+    return latest
 
 
 def job_finish(*, job: Job, outputs: list[dict], timings: dict, trajectory: list) -> bool:

@@ -3,6 +3,7 @@
 import os
 
 from celery import Celery, signals
+from django.db import close_old_connections
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "studio.settings")
 
@@ -13,10 +14,11 @@ app.autodiscover_tasks()
 
 @signals.task_prerun.connect
 @signals.task_postrun.connect
-def hand_back_connections(**kwargs) -> None:
+def hand_back_connections(sender=None, **kwargs) -> None:
     """What Django does around a request: a task's connections go back to the pool, and one
     that broke (a Postgres restart) is dropped. The workers keep their pool between tasks
-    (CELERY_DB_REUSE_MAX in settings) rather than let Celery close it around each one."""
-    from django.db import close_old_connections
-
+    (CELERY_DB_REUSE_MAX in settings) rather than let Celery close it around each one. An
+    eager task runs inside its caller's work, maybe a transaction: not its to close."""
+    if getattr(getattr(sender, "request", None), "is_eager", False):
+        return
     close_old_connections()

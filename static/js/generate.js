@@ -155,6 +155,10 @@
 
   function render(job) {
     if (!current || job.id !== current.id) return;
+    if (job.attempt !== current.attempt) {
+      current.attempt = job.attempt;  // a requeued job starts again: its steps count afresh
+      current.step = 0;
+    }
     const wasQueued = current.status === "queued";
     current.status = job.status;
     updateRecent(job);

@@ -148,7 +148,7 @@ def test_progress_reports_my_running_job(alice, bob, token):
     assert running["progress"] == 0.5 and running["state"]["job"] == str(job.pk)
     assert running["state"]["sampling_step"] == 5 and 9 < running["eta_relative"] < 12
     assert running["current_image"] is None  # no step of this attempt kept yet
-    keep_progress(job, attempt=job.attempt + 1)  # an earlier attempt's, say: not this one's
+    keep_progress(job, attempt=job.attempt + 1)  # another attempt's: not this one's
     assert Client().get("/sdapi/v1/progress", headers=headers).json()["current_image"] is None
     preview = keep_progress(job, attempt=job.attempt)
     current = Client().get("/sdapi/v1/progress", headers=headers).json()["current_image"]

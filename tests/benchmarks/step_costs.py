@@ -10,6 +10,8 @@ serving recipe (the default model, 64x64, 20 steps, batch 1) for one running job
   - publish: previews, and each step's websocket message published and kept
     (runner.StepReporter without its heartbeat);
   - heartbeat: previews, and each step's heartbeat write (generation.heartbeat);
+  - heartbeat_orm: the same, but the heartbeat's UPDATE built by the ORM, as it was before
+    services.job_progress was written out by hand (kept here as the comparison);
   - worker: runner.StepReporter whole, as a worker runs it.
 No web server or client runs meanwhile, so what differs is the callback's own work and the
 threads it wakes. The last line is the JSON object of each variant's median time / bare.
@@ -47,7 +49,7 @@ def main() -> None:
     from django.contrib.auth import get_user_model
     from django.utils import timezone
 
-    from generation import engine, recipes, registry, runner
+    from generation import engine, recipes, registry, runner, services
     from generation.heartbeat import Heartbeat
     from generation.models import Job
 
@@ -84,11 +86,26 @@ def main() -> None:
         finally:
             heartbeat.stop()
 
+    def orm_progress(*, job, step):
+        running = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempt=job.attempt)
+        changed = running.filter(cancel_requested=False).update(
+            step=step, heartbeat=timezone.now()
+        )
+        return changed == 1
+
+    def heartbeat_orm():
+        hand_written, services.job_progress = services.job_progress, orm_progress
+        try:
+            return heartbeat_only()
+        finally:
+            services.job_progress = hand_written
+
     variants = {
         "bare": run,
         "previews": lambda: run(lambda *step: None),
         "publish": lambda: with_reporter(heartbeat=False),
         "heartbeat": heartbeat_only,
+        "heartbeat_orm": heartbeat_orm,
         "worker": lambda: with_reporter(heartbeat=True),
     }
     for variant in variants.values():  # warm-up
@@ -103,7 +120,7 @@ def main() -> None:
     ratios = {}
     for name, times in seconds.items():
         ratios[name] = round(statistics.median(times) / bare, 3)
-        print(f"{name:10s} {statistics.median(times) * 1000:6.1f} ms  x{ratios[name]:.3f}")
+        print(f"{name:14s} {statistics.median(times) * 1000:6.1f} ms  x{ratios[name]:.3f}")
     print(json.dumps(ratios))
 
 

@@ -113,11 +113,14 @@ def test_the_worker_keeps_each_steps_message_as_the_jobs_latest(
                 step = message.get("step", 0) if message["type"] == "progress" else step
             latest = broadcast.latest(job.group_name)
             await ws.send(json.dumps({"type": "cancel"}))
+            while not (message["type"] == "state" and message["job"]["status"] == "canceled"):
+                message = json.loads(await asyncio.wait_for(ws.recv(), 60))
             return step, latest
 
     step, latest = run_async(go())
     assert latest["type"] == "job.progress" and latest["step"] >= step
     assert latest["attempt"] == 1 and latest["preview"].startswith("data:image/")
+    assert broadcast.latest(job.group_name) is None  # the final message dropped it
 
 
 def test_a_connection_joining_mid_run_gets_the_latest_step_with_its_preview(
