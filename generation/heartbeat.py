@@ -3,7 +3,7 @@
 import logging
 import threading
 
-from django.db import connection
+from django.db import DatabaseError, connection
 
 from . import services
 from .models import Job
@@ -43,9 +43,22 @@ class Heartbeat:
         self._thread.join()
 
     def _run(self) -> None:
+        failing = False
         try:
             while (step := self._next()) is not None:
-                if not services.job_progress(job=self.job, step=step):
+                try:
+                    running = services.job_progress(job=self.job, step=step)
+                except DatabaseError as exc:
+                    # Postgres restarting, say: the next step is written on a new connection.
+                    # A job whose heartbeat stayed away for good would be requeued by the
+                    # reaper while it still ran here.
+                    if not failing:
+                        log.warning("heartbeat of job %s failed, retrying: %s", self.job.pk, exc)
+                    failing = True
+                    connection.close()
+                    continue
+                failing = False
+                if not running:
                     self.keep_running = False
         except Exception:
             # No heartbeat means the reaper will requeue the job: loud, not lost.

@@ -8,6 +8,7 @@ from dataclasses import replace
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.base import ContentFile
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from . import broadcast, engine, registry, services
 from .heartbeat import Heartbeat
@@ -66,11 +67,7 @@ def run(job: Job) -> str:
         if result.canceled:
             outcome = _stopped(job)
         else:
-            outputs = [_output_fields(job, image, recipe)
-                       for image, recipe in zip(result.images, result.recipes, strict=True)]
-            stored = services.job_finish(
-                job=job, outputs=outputs, timings=result.timings, trajectory=reporter.trajectory
-            )
+            stored = _finish(job, result, reporter.trajectory)
             outcome = "succeeded" if stored else "superseded"
     except SoftTimeLimitExceeded:
         limit = settings.CELERY_TASK_SOFT_TIME_LIMIT
@@ -108,6 +105,27 @@ def _generate(job: Job, reporter: StepReporter):
     finally:
         # Its last write lands before the job is finished, so none can come after.
         reporter.heartbeat.stop()
+
+
+def _finish(job: Job, result, trajectory: list) -> bool:
+    """Store the images and finish the job. The images took the whole run to make: if the
+    database connection broke meanwhile (a Postgres restart), try once more on a new one.
+    The finish is one transaction, so the failed try left nothing behind but, at most, an
+    unreferenced file."""
+
+    def finish() -> bool:
+        outputs = [_output_fields(job, image, recipe)
+                   for image, recipe in zip(result.images, result.recipes, strict=True)]
+        return services.job_finish(
+            job=job, outputs=outputs, timings=result.timings, trajectory=trajectory
+        )
+
+    try:
+        return finish()
+    except (OperationalError, InterfaceError) as exc:
+        log.warning("finishing job %s failed, retrying on a new connection: %s", job.pk, exc)
+        close_old_connections()
+        return finish()
 
 
 def _stopped(job: Job) -> str:

@@ -189,16 +189,36 @@ def test_a_killed_worker_job_is_redelivered_and_finishes_exactly_once(
     assert job.attempt == 2 and job.outputs.count() == 1
 
 
-def test_the_worker_replaces_kept_connections_that_postgres_dropped(celery_worker, alice, tiny):
-    # The worker keeps its connection pool between jobs (CELERY_DB_REUSE_MAX); a restart of
-    # Postgres, here its backends terminated, must cost no job.
-    first = submit(alice, tiny)
-    assert wait_for(lambda: Job.objects.get(pk=first.pk).status == "succeeded", timeout=120)
+def drop_other_connections() -> int:
+    """What a Postgres restart does to every connection but this test's own."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
-        assert cursor.fetchone()[0] >= 1
+        return cursor.fetchone()[0]
+
+
+def test_the_worker_replaces_kept_connections_that_postgres_dropped(celery_worker, alice, tiny):
+    # The worker keeps its connection pool between jobs (CELERY_DB_REUSE_MAX); a restart of
+    # Postgres, here its backends terminated, must cost no job.
+    first = submit(alice, tiny)
+    assert wait_for(lambda: Job.objects.get(pk=first.pk).status == "succeeded", timeout=120)
+    assert drop_other_connections() >= 1
     second = submit(alice, tiny)
     assert wait_for(lambda: Job.objects.get(pk=second.pk).status == "succeeded", timeout=60)
+
+
+def test_a_job_running_through_a_postgres_restart_keeps_its_heartbeat_and_finishes(
+    celery_worker, alice, tiny
+):
+    job = submit(alice, tiny, steps=150)
+    assert wait_for(lambda: Job.objects.get(pk=job.pk).step >= 2)
+    assert drop_other_connections() >= 2  # the worker's claim and heartbeat connections
+    seen = Job.objects.get(pk=job.pk).step
+    # The heartbeat goes on, on a new connection, while the job still runs...
+    assert wait_for(lambda: Job.objects.get(pk=job.pk).step > seen + 5)
+    # ...and the images, made over the whole run, are stored by this same attempt.
+    assert wait_for(lambda: Job.objects.get(pk=job.pk).status in Job.FINISHED, timeout=120)
+    job.refresh_from_db()
+    assert (job.status, job.attempt, job.outputs.count()) == ("succeeded", 1, 1)
