@@ -264,7 +264,7 @@ async def txt2img(request: HttpRequest, body: Txt2ImgIn):
 @api.get("/progress")
 def progress(request: HttpRequest):
     """How far the caller's most recent running job is, with its latest step's preview as
-    `current_image` (base64, WebP or JPEG, as the job's websocket sends it; DESIGN §5)."""
+    `current_image` (base64 WebP, as the job's websocket sends it; DESIGN §5)."""
     waiting_jobs = Job.objects.filter(owner=request.auth, status__in=[Job.Status.QUEUED,
                                                                       Job.Status.RUNNING])
     job = waiting_jobs.filter(status=Job.Status.RUNNING).order_by("-started_at").first()

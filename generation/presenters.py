@@ -37,4 +37,3 @@ def output_state(output) -> dict:
         "width": output.width,
         "height": output.height,
     }
-
