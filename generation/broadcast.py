@@ -51,29 +51,18 @@ class GroupPublisher:
             hosts[0], socket_timeout=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 1)
         )
 
-    def send(self, group: str, message: dict, *, keep: bool = False) -> bool:
-        """Publish to the group's subscribers; False (and a warning) if Redis refused. With
-        `keep`, the message is also kept as the group's latest, one round trip for both."""
+    def send(self, group: str, message: dict, *, keep: bool) -> bool:
+        """Publish to the group's subscribers, and in the same round trip keep the message as
+        the group's latest (`keep`: a step) or drop the kept one (a job's final message).
+        False (and a warning) if Redis refused."""
         payload = self.layer.serialize(message)
         try:
-            if keep:
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.set(self._latest_key(group), payload, ex=LATEST_TTL)
-                pipe.publish(self._channel(group), payload)
-                pipe.execute()
-            else:
-                self.redis.publish(self._channel(group), payload)
-        except redis.RedisError as exc:
-            log.warning("dropped a job message to %s: %s", group, exc)
-            return False
-        return True
-
-    def send_final(self, group: str, message: dict) -> bool:
-        """Publish a job's final message and drop its kept latest step: the job is over."""
-        try:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.delete(self._latest_key(group))
-            pipe.publish(self._channel(group), self.layer.serialize(message))
+            if keep:
+                pipe.set(self._latest_key(group), payload, ex=LATEST_TTL)
+            else:
+                pipe.delete(self._latest_key(group))
+            pipe.publish(self._channel(group), payload)
             pipe.execute()
         except redis.RedisError as exc:
             log.warning("dropped a job message to %s: %s", group, exc)
@@ -108,12 +97,8 @@ def publisher() -> GroupPublisher:
         return _publisher
 
 
-def send(group: str, message: dict, *, keep: bool = False) -> bool:
+def send(group: str, message: dict, *, keep: bool) -> bool:
     return publisher().send(group, message, keep=keep)
-
-
-def send_final(group: str, message: dict) -> bool:
-    return publisher().send_final(group, message)
 
 
 def latest(group: str) -> dict | None:

@@ -84,9 +84,12 @@ def run(job: Job) -> str:
 
 def announce(job: Job) -> None:
     """Send the job's final state to its watchers. Best effort, like progress: the state is
-    stored already, and a client that misses this reads it over HTTP or on reconnect."""
+    stored already, and a client that misses this reads it over HTTP or on reconnect. The
+    job's kept latest step goes with it (`keep=False`)."""
     try:
-        broadcast.send_final(job.group_name, {"type": "job.state", "job": job_state(job)})
+        broadcast.send(
+            job.group_name, {"type": "job.state", "job": job_state(job)}, keep=False
+        )
     except Exception as exc:  # a lost message must not fail a finished job
         log.warning("could not announce job %s: %s", job.pk, exc)
 
