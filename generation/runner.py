@@ -1,8 +1,6 @@
 """Runs one claimed job on this worker: the glue between a Job row and the engine."""
 
-import base64
 import logging
-import math
 from dataclasses import replace
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -10,47 +8,34 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import InterfaceError, OperationalError, close_old_connections
 
-from . import broadcast, engine, registry, services
-from .heartbeat import Heartbeat
+from . import broadcast, engine, registry, services, sidecar
 from .models import Job
 from .presenters import job_state
 
 log = logging.getLogger(__name__)
 
-# Frames kept for the gallery's replay of the denoising: about this many per job.
-TRAJECTORY_FRAMES = 24
-
 
 class StepReporter:
-    """Called by the engine after every step: the heartbeat (which also carries the cancel
-    check), a preview to the job's websocket group, and every k-th preview kept for the
-    trajectory. It runs on the engine's reporter thread, beside sampling; nothing here waits
-    on the database, and the preview is one Redis round trip (published, and kept as the
-    job's latest for clients that connect mid-run)."""
+    """Called by the engine after every step; hands the step to this worker's sidecar
+    process, which draws and publishes its preview, writes the heartbeat (which also carries
+    the cancel check) and keeps every k-th preview for the trajectory (generation/sidecar.py).
+    The engine's loop pays for sending a few kilobytes, nothing more."""
 
     def __init__(self, job: Job):
         self.job = job
-        self.every = max(1, math.ceil(job.total_steps / TRAJECTORY_FRAMES))
+        self.run = sidecar.get().begin(job)
         self.trajectory: list[dict] = []
-        self.heartbeat = Heartbeat(job)
 
-    def on_step(self, step: int, total: int, preview: bytes | None, elapsed: float) -> None:
-        self.heartbeat.beat(step)
-        url = _data_url(preview) if preview else None
-        broadcast.send(self.job.group_name, {
-            "type": "job.progress", "job": str(self.job.pk), "attempt": self.job.attempt,
-            "step": step, "total": total, "elapsed": round(elapsed, 3), "preview": url,
-        }, keep=True)
-        if url and (step % self.every == 0 or step == total):
-            self.trajectory.append({"step": step, "image": url})
+    def on_step(self, step: int, total: int, preview, elapsed: float) -> None:
+        self.run.step(step, total, preview, elapsed)
 
     def should_cancel(self) -> bool:
-        return not self.heartbeat.keep_running
+        return self.run.should_stop()
 
-
-def _data_url(preview: bytes) -> str:
-    kind = "webp" if preview[8:12] == b"WEBP" else "jpeg"
-    return f"data:image/{kind};base64,{base64.b64encode(preview).decode()}"
+    def end(self) -> None:
+        """Wait for the sidecar to report every step sent: its last heartbeat lands before
+        the job is finished, so none can come after, and no step follows the final state."""
+        self.trajectory = self.run.end()
 
 
 def run(job: Job) -> str:
@@ -61,8 +46,8 @@ def run(job: Job) -> str:
     3. Store every image as a PNG carrying its recipe, and finish the job with its outputs
        in one transaction, or mark it canceled, or failed with a reason a person can read.
     """
-    reporter = StepReporter(job)
     try:
+        reporter = StepReporter(job)
         result = _generate(job, reporter)
         if result.canceled:
             outcome = _stopped(job)
@@ -106,8 +91,7 @@ def _generate(job: Job, reporter: StepReporter):
             should_cancel=reporter.should_cancel,
         )
     finally:
-        # Its last write lands before the job is finished, so none can come after.
-        reporter.heartbeat.stop()
+        reporter.end()
 
 
 def _finish(job: Job, result, trajectory: list) -> bool:

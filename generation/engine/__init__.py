@@ -24,9 +24,10 @@ Samplers (``samplers.py``)
 Generation (``generate.py``, ``previews.py``)
     generate(recipe, *, pipeline=None, on_step=None, should_cancel=None, preview=Previews())
         -> Result(images, recipes, timings, canceled)
-        on_step(step, total, preview_bytes | None, elapsed_seconds) after each of ``steps``
+        on_step(step, total, preview | None, elapsed_seconds) after each of ``steps``
         steps, in order, on a reporter thread beside the sampling loop; should_cancel() after
         each model call, on the sampling thread, stopping within one step.
+    StepPreview (LatentPreview | DecodedPreview): picklable arrays; render() -> image bytes
     Previews(vae_every=0, max_size=256, format="WEBP"), fit_latent_rgb(pipeline)
     WeightsMismatchError, GenerationError
 
@@ -48,7 +49,14 @@ from .models import (
     weights_hash,
 )
 from .pngmeta import format_parameters, parse_parameters, png_with_recipe, read_png
-from .previews import LatentRGB, Previews, fit_latent_rgb
+from .previews import (
+    DecodedPreview,
+    LatentPreview,
+    LatentRGB,
+    Previews,
+    StepPreview,
+    fit_latent_rgb,
+)
 from .recipe import (
     DEFAULT_GUIDANCE,
     DEFAULT_SAMPLER,
@@ -77,7 +85,9 @@ __all__ = [
     "SEED_MAX",
     "WITHIN_ONE_LEVEL",
     "Comparison",
+    "DecodedPreview",
     "GenerationError",
+    "LatentPreview",
     "LatentRGB",
     "ModelLoadError",
     "ModelRef",
@@ -87,6 +97,7 @@ __all__ = [
     "RecipeError",
     "Result",
     "SchedulerRef",
+    "StepPreview",
     "StudioPipeline",
     "Versions",
     "WeightsMismatchError",

@@ -23,19 +23,22 @@ from .models import (
 )
 from .previews import (
     DEFAULT_PREVIEWS,
+    DecodedPreview,
+    LatentPreview,
     LatentRGB,
     Previews,
-    encode,
+    StepPreview,
+    alpha_bar_at,
     latent_rgb_for,
-    predicted_x0,
     vae_decode,
+    x0_from,
 )
 from .recipe import Recipe, Versions
 from .samplers import make_scheduler, scheduler_from_ref, scheduler_ref
 from .seeds import generators, initial_noise
 from .validation import validate_recipe
 
-OnStep = Callable[[int, int, bytes | None, float], None]
+OnStep = Callable[[int, int, StepPreview | None, float], None]
 ShouldCancel = Callable[[], bool]
 
 
@@ -70,7 +73,8 @@ def generate(
        weights are the ones the recipe names.
     2. Resolve what only this run knows: the scheduler, device, dtype, threads, versions.
     3. Draw the initial noise and run the stock pipeline; after each step the callback reports
-       ``on_step(step, total, preview, elapsed)`` and checks ``should_cancel()``.
+       ``on_step(step, total, preview, elapsed)`` and checks ``should_cancel()``. The preview
+       is a StepPreview: its ``render()`` gives the picture's bytes.
     4. Unless canceled, decode the latents: one image and one recipe per batch index.
     """
     started = time.perf_counter()
@@ -224,11 +228,13 @@ class _Stepper:
     Second-order samplers call the model twice per step; a step counts when the pipeline's
     own progress bar would advance, so ``on_step`` fires exactly ``steps`` times.
 
-    The sampling thread times the step and makes its preview, then hands both to a
-    ``_Reporter`` thread that calls ``on_step``: what a caller does with a step (Studio
-    publishes it and records a heartbeat) overlaps the next step's model call instead of
-    adding to every step. The preview itself stays here: made on the reporter's thread it
-    cost more, the two threads taking turns at the interpreter lock (docs/engine.md).
+    The sampling thread times the step and copies what its preview needs, then hands both
+    to a ``_Reporter`` thread that calls ``on_step``: what a caller does with a step (draw
+    the preview, publish it, record a heartbeat) overlaps the next step's model call instead
+    of adding to every step. A caller with much to do per step is better off doing it in
+    another process (Studio's worker does, generation/sidecar.py): a thread beside the loop
+    takes turns with it at the interpreter lock, which slowed a one-thread run by 12-14%
+    (docs/engine.md).
     """
 
     def __init__(
@@ -246,6 +252,7 @@ class _Stepper:
         self.latent_rgb = latent_rgb
         self.reporter: _Reporter | None = None
         self.tensor_inputs = ["noise_pred", "latent_model_input"] if self.preview else []
+        self.alphas_cumprod: list[float] | None = None
         self.step = 0
         self.step_seconds: list[float] = []
         self.canceled = False
@@ -290,20 +297,27 @@ class _Stepper:
         warmup = pipe.num_timesteps - self.recipe.steps * order
         return i == pipe.num_timesteps - 1 or (i + 1 > warmup and (i + 1) % order == 0)
 
-    def _preview(self, pipe: StudioPipeline, t: torch.Tensor, tensors: dict) -> bytes:
-        x0 = predicted_x0(
-            tensors["noise_pred"],
-            tensors["latent_model_input"],
-            t,
-            pipe.scheduler.alphas_cumprod,
-            pipe.scheduler.config.prediction_type,
-        )
+    def _preview(self, pipe: StudioPipeline, t: torch.Tensor, tensors: dict) -> StepPreview:
+        if self.alphas_cumprod is None:
+            self.alphas_cumprod = pipe.scheduler.alphas_cumprod.tolist()
+        output = tensors["noise_pred"].float()
+        model_input = tensors["latent_model_input"][-len(output) :].float()
+        alpha_bar = alpha_bar_at(self.alphas_cumprod, t)
+        prediction_type = pipe.scheduler.config.prediction_type
         if self.preview.vae_every and self.step % self.preview.vae_every == 0:
+            x0 = x0_from(output, model_input, alpha_bar, prediction_type)
             with torch.no_grad():
-                images = vae_decode(pipe, x0.to(pipe.vae.dtype))
-        else:
-            images = self.latent_rgb.project(x0)
-        return encode(images, self.preview)
+                rgb = vae_decode(pipe, x0.to(pipe.vae.dtype))
+            return DecodedPreview(rgb=rgb.float().cpu().numpy(), options=self.preview)
+        # Copies: the pipeline owns these tensors, and the preview is rendered later.
+        return LatentPreview(
+            model_output=output.cpu().numpy().copy(),
+            model_input=model_input.cpu().numpy().copy(),
+            alpha_bar=alpha_bar,
+            prediction_type=prediction_type,
+            latent_rgb=self.latent_rgb,
+            options=self.preview,
+        )
 
     def timings(self, load_seconds: float) -> dict[str, Any]:
         return {"load": load_seconds, "steps": self.step_seconds}
@@ -320,7 +334,7 @@ class _Reporter:
         self.thread = threading.Thread(target=self._run, name="engine-reporter", daemon=True)
         self.thread.start()
 
-    def put(self, step: int, total: int, preview: bytes | None, elapsed: float) -> None:
+    def put(self, step: int, total: int, preview: StepPreview | None, elapsed: float) -> None:
         self.queue.put((step, total, preview, elapsed))
 
     def raise_failure(self) -> None:

@@ -5,20 +5,29 @@ computes x0, the clean latent the model is heading for (the noisy latent would s
 static early on). A linear latent-to-RGB projection turns x0 into colours: the known factors
 for SD 1.x and SDXL, or one fitted per model by least squares against its VAE's decodes and
 stored next to the model. A full VAE decode can replace it every N steps.
+
+The sampling loop only copies what a preview needs (``LatentPreview``); turning it into a
+picture (``render``) is left to whoever shows it, so that work can run beside the loop,
+even in another process, instead of between its steps.
 """
 
 import contextlib
 import io
 import json
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 
+import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 LATENT_RGB_FILE = "latent_rgb.json"
+
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
 
 @dataclass(frozen=True)
@@ -41,15 +50,11 @@ class LatentRGB:
     weights: tuple[tuple[float, ...], ...]  # one (r, g, b) row per latent channel
     bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
-    @cached_property
-    def _matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
-        weights = torch.tensor(self.weights, dtype=torch.float32)
-        return weights, torch.tensor(self.bias, dtype=torch.float32)[None, :, None, None]
-
-    def project(self, latents: torch.Tensor) -> torch.Tensor:
-        weights, bias = self._matrix
-        rgb = torch.einsum("bchw,cr->brhw", latents.float().cpu(), weights)
-        return rgb + bias
+    def project(self, latents: np.ndarray) -> np.ndarray:
+        """(B, C, h, w) latents to (B, 3, h, w) colours."""
+        weights = np.asarray(self.weights, dtype=np.float32)
+        bias = np.asarray(self.bias, dtype=np.float32)[None, :, None, None]
+        return np.einsum("bchw,cr->brhw", latents, weights) + bias
 
 
 # ComfyUI's factors (comfy/latent_formats.py) for the SD VAEs (x8, 4 channels), keyed by
@@ -76,49 +81,92 @@ KNOWN_LATENT_RGB = {
 
 
 def predicted_x0(
-    model_output: torch.Tensor,
-    model_input: torch.Tensor,
-    timestep: torch.Tensor | float,
-    alphas_cumprod: torch.Tensor,
+    model_output: Array,
+    model_input: Array,
+    timestep: float,
+    alphas_cumprod: Sequence[float],
     prediction_type: str,
-) -> torch.Tensor:
-    """The clean latent the model predicts at ``timestep``.
+) -> Array:
+    """The clean latent the model predicts at ``timestep``: see ``x0_from``."""
+    return x0_from(
+        model_output, model_input, alpha_bar_at(alphas_cumprod, timestep), prediction_type
+    )
+
+
+def alpha_bar_at(alphas_cumprod: Sequence[float], t: float) -> float:
+    """The schedule's alpha-bar at a timestep; fractional timesteps (Karras sigmas)
+    interpolate, close enough for a preview."""
+    t = float(t)
+    last = len(alphas_cumprod) - 1
+    low = min(int(t), last)
+    high = min(low + 1, last)
+    a, b = float(alphas_cumprod[low]), float(alphas_cumprod[high])
+    return a + (b - a) * (t - low)
+
+
+def x0_from(model_output: Array, model_input: Array, alpha_bar: float,
+            prediction_type: str) -> Array:
+    """The clean latent from one model call, for float32 numpy arrays or torch tensors alike.
 
     ``model_input`` is what the UNet saw: the scheduler scales sigma-space samples back to
     the training parameterisation x_t = sqrt(ab) x0 + sqrt(1 - ab) eps, so one formula serves
     every scheduler. With guidance the input holds the unconditional and conditional copies
-    of the same latents; the output is already guided. Fractional timesteps (Karras sigmas)
-    interpolate alpha-bar, close enough for a preview.
+    of the same latents; the output is already guided.
     """
-    x_t = model_input[-model_output.shape[0] :].float()
-    output = model_output.float()
-    alpha_bar = _alpha_bar_at(alphas_cumprod, float(timestep)).to(x_t.device)
-    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    x_t = model_input[-model_output.shape[0] :]
+    a, s = math.sqrt(alpha_bar), math.sqrt(1 - alpha_bar)
     if prediction_type == "v_prediction":
-        return a * x_t - s * output
+        return a * x_t - s * model_output
     if prediction_type == "epsilon":
         # At zero terminal SNR a is ~0 and x0 is undefined; keep the first preview finite.
-        return (x_t - s * output) / a.clamp_min(1e-3)
+        return (x_t - s * model_output) / max(a, 1e-3)
     if prediction_type == "sample":
-        return output
+        return model_output
     raise ValueError(f"unknown prediction type {prediction_type!r}")
 
 
-def _alpha_bar_at(alphas_cumprod: torch.Tensor, t: float) -> torch.Tensor:
-    low = min(int(t), len(alphas_cumprod) - 1)
-    high = min(low + 1, len(alphas_cumprod) - 1)
-    return torch.lerp(alphas_cumprod[low].double(), alphas_cumprod[high].double(), t - low).float()
+@dataclass(frozen=True)
+class LatentPreview:
+    """One step's preview as the sampling loop hands it over: the model's output and input
+    (copies, a few kilobytes), not yet a picture. ``render`` makes the picture, in numpy
+    and PIL: whoever shows the preview pays for it, on its own thread or in another process
+    (it pickles), and the loop only for the copies."""
+
+    model_output: np.ndarray  # float32, (B, C, h, w), guided
+    model_input: np.ndarray  # float32, (B or 2B, C, h, w)
+    alpha_bar: float
+    prediction_type: str
+    latent_rgb: LatentRGB
+    options: Previews
+
+    def render(self) -> bytes:
+        x0 = x0_from(self.model_output, self.model_input, self.alpha_bar, self.prediction_type)
+        return encode(self.latent_rgb.project(x0), self.options)
 
 
-def encode(images: torch.Tensor, options: Previews) -> bytes:
+@dataclass(frozen=True)
+class DecodedPreview:
+    """A step's x0 decoded by the VAE (``Previews.vae_every``), in [-1, 1], not yet encoded."""
+
+    rgb: np.ndarray  # float32, (B, 3, H, W)
+    options: Previews
+
+    def render(self) -> bytes:
+        return encode(self.rgb, self.options)
+
+
+StepPreview = LatentPreview | DecodedPreview
+
+
+def encode(images: np.ndarray, options: Previews) -> bytes:
     """Images in [-1, 1] (B, 3, h, w) as one small picture, the batch side by side.
 
     Projected latents are encoded at the latent resolution, all the detail they hold; the
     browser scales them up. Larger images (VAE decodes) shrink to ``options.max_size``.
     """
-    strip = torch.cat(list(images.float().cpu()), dim=2)
-    pixels = ((strip.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    picture = Image.fromarray(pixels.permute(1, 2, 0).numpy())
+    strip = np.concatenate(list(images), axis=2)
+    pixels = ((np.clip(strip, -1, 1) + 1) * 127.5).round().astype(np.uint8)
+    picture = Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0)))
     height, width = images.shape[2:]
     if max(height, width) > options.max_size:
         scale = options.max_size / max(height, width)

@@ -157,7 +157,7 @@ def test_progress_reports_my_running_job(alice, bob, token):
 
 
 def keep_progress(job, *, attempt) -> bytes:
-    """What a worker's StepReporter keeps for a step: a real WebP preview."""
+    """What a worker's sidecar keeps for a step: a real WebP preview."""
     buffer = io.BytesIO()
     PILImage.new("RGB", (8, 8), "red").save(buffer, format="WEBP")
     broadcast.send(job.group_name, {

@@ -2,19 +2,19 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python tests/benchmarks/step_costs.py [--runs 11] [--threads N]
 
-The serving benchmark shows that sampling runs slower inside a worker than in a bare engine
-call; this one takes that apart. On its own database (`studio_bench`, recreated) it runs the
-serving recipe (the default model, 64x64, 20 steps, batch 1) for one running job, alternating:
+The serving benchmark shows how much slower sampling runs inside a worker than in a bare
+engine call; this one takes that apart. On its own database (`studio_bench`, recreated) it
+runs the serving recipe (the default model, 64x64, 20 steps, batch 1) for one running job,
+alternating:
   - bare: the engine call with no callback (what serving_overhead.py compares against);
-  - previews: a preview made every step and handed to a no-op callback;
-  - publish: previews, and each step's websocket message published and kept
-    (runner.StepReporter without its heartbeat);
-  - heartbeat: previews, and each step's heartbeat write (generation.heartbeat);
-  - heartbeat_orm: the same, but the heartbeat's UPDATE built by the ORM, as it was before
-    services.job_progress was written out by hand (kept here as the comparison);
-  - worker: runner.StepReporter whole, as a worker runs it.
+  - copies: each step's preview arrays copied and handed to a no-op callback;
+  - in_process: each step drawn, published and its heartbeat written on a thread beside the
+    loop, in this process (how workers did it before the sidecar);
+  - worker: runner.StepReporter, as a worker runs it: each step sent to the sidecar process,
+    which draws, publishes and writes the heartbeat there.
 No web server or client runs meanwhile, so what differs is the callback's own work and the
-threads it wakes. The last line is the JSON object of each variant's median time / bare.
+threads and processes it wakes. The last line is the JSON object of each variant's median
+time / bare.
 """
 
 import argparse
@@ -29,16 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving_overhead import PROMPT, setup_django  # noqa: E402
 
 
-class NoHeartbeat:
-    keep_running = True
-
-    def beat(self, step: int) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=11)
@@ -49,8 +39,7 @@ def main() -> None:
     from django.contrib.auth import get_user_model
     from django.utils import timezone
 
-    from generation import engine, recipes, registry, runner, services
-    from generation.heartbeat import Heartbeat
+    from generation import broadcast, engine, recipes, registry, runner, services, sidecar
     from generation.models import Job
 
     params = {"prompt": PROMPT, "steps": 20, "width": 64, "height": 64, "seed": 1,
@@ -69,44 +58,25 @@ def main() -> None:
         return engine.generate(recipe, pipeline=pipeline, on_step=on_step,
                                should_cancel=should_cancel)
 
-    def with_reporter(heartbeat: bool):
+    def in_process(step, total, preview, elapsed):
+        broadcast.send(job.group_name, {
+            "type": "job.progress", "job": str(job.pk), "attempt": job.attempt, "step": step,
+            "total": total, "elapsed": elapsed, "preview": sidecar.preview_url(preview.render()),
+        }, keep=True)
+        services.job_progress(job=job, step=step)
+
+    def worker():
         reporter = runner.StepReporter(job)
-        if not heartbeat:
-            reporter.heartbeat.stop()
-            reporter.heartbeat = NoHeartbeat()
         try:
             return run(reporter.on_step, reporter.should_cancel)
         finally:
-            reporter.heartbeat.stop()
-
-    def heartbeat_only():
-        heartbeat = Heartbeat(job)
-        try:
-            return run(lambda step, *rest: heartbeat.beat(step))
-        finally:
-            heartbeat.stop()
-
-    def orm_progress(*, job, step):
-        running = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempt=job.attempt)
-        changed = running.filter(cancel_requested=False).update(
-            step=step, heartbeat=timezone.now()
-        )
-        return changed == 1
-
-    def heartbeat_orm():
-        hand_written, services.job_progress = services.job_progress, orm_progress
-        try:
-            return heartbeat_only()
-        finally:
-            services.job_progress = hand_written
+            reporter.end()
 
     variants = {
         "bare": run,
-        "previews": lambda: run(lambda *step: None),
-        "publish": lambda: with_reporter(heartbeat=False),
-        "heartbeat": heartbeat_only,
-        "heartbeat_orm": heartbeat_orm,
-        "worker": lambda: with_reporter(heartbeat=True),
+        "copies": lambda: run(lambda *step: None),
+        "in_process": lambda: run(in_process),
+        "worker": worker,
     }
     for variant in variants.values():  # warm-up
         variant()
@@ -116,6 +86,7 @@ def main() -> None:
             started = time.perf_counter()
             variant()
             seconds[name].append(time.perf_counter() - started)
+    sidecar.get().close()
     bare = statistics.median(seconds["bare"])
     ratios = {}
     for name, times in seconds.items():

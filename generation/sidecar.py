@@ -1,0 +1,283 @@
+"""The worker's sidecar: a process beside each worker process that takes a running job's steps
+off the sampling loop. For every step it draws the preview, publishes it to the job's
+websocket group (and keeps it as the job's latest), and writes the heartbeat, which also
+tells whether the run may go on.
+
+Why a process: done on a thread beside the loop, this work took turns with sampling at the
+interpreter lock and made a one-thread run of the demo model 10-15% slower than the bare
+engine call (tests/benchmarks/step_costs.py). Here the loop pays for pickling a few
+kilobytes into a socket, and the work runs on another core.
+
+The sidecar is forked from the worker process on its first job, so it starts at once and
+shares the imported code. It serves one job at a time over a socket pair:
+
+    worker -> sidecar   ("begin", job fields) ("step", step, total, preview, elapsed)... ("end",)
+    sidecar -> worker   ("stop",) once, if the job was canceled or reaped meanwhile
+                        ("failed", reason) once, if a step could not be reported
+                        ("ended", trajectory) after the last step's messages and heartbeat
+
+and exits when the worker process goes away (its end of the socket closes).
+"""
+
+import base64
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from django.db import DatabaseError, connection, connections
+
+from . import broadcast, services
+from .models import Job
+
+log = logging.getLogger(__name__)
+
+# Frames kept for the gallery's replay of the denoising: about this many per job.
+TRAJECTORY_FRAMES = 24
+# How long the worker waits for the sidecar to finish a job's steps. Past it (a sidecar
+# stuck on a database that does not answer) the job is stored without its trajectory and
+# the next job gets a new sidecar.
+END_TIMEOUT = 30
+
+
+class SidecarError(RuntimeError):
+    """The sidecar could not report the job's steps; the run stops with this reason."""
+
+
+# --- The worker's side --------------------------------------------------------------------
+
+
+class Sidecar:
+    """This worker process's sidecar, forked on first use and again if it died."""
+
+    def __init__(self):
+        self.pid: int | None = None
+        self.conn: Connection | None = None
+
+    def begin(self, job: Job) -> "SidecarRun":
+        if not self._alive():
+            self._start()
+        every = max(1, math.ceil(job.total_steps / TRAJECTORY_FRAMES))
+        self.conn.send(("begin", {
+            "job_id": str(job.pk), "attempt": job.attempt, "group": job.group_name,
+            "every": every,
+        }))
+        return SidecarRun(self)
+
+    def close(self) -> None:
+        """Stop the sidecar: its socket closes, so it exits."""
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self.pid = None
+
+    def _alive(self) -> bool:
+        if self.pid is None:
+            return False
+        try:
+            done, _ = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            done = self.pid
+        if done:
+            log.warning("the sidecar (pid %s) had exited; starting another", self.pid)
+            self.pid = None
+            self.conn.close()
+            self.conn = None
+        return self.pid is not None
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:  # the sidecar
+            status = 1
+            try:
+                ours.close()
+                _serve(Connection(theirs.detach()))
+                status = 0
+            finally:
+                # Nothing of the worker's (atexit hooks, Celery's handlers) may run here.
+                os._exit(status)
+        theirs.close()
+        self.pid, self.conn = pid, Connection(ours.detach())
+
+
+class SidecarRun:
+    """One job's steps, sent to the sidecar. ``step`` is called on the engine's reporter
+    thread, ``should_stop`` and ``end`` on the sampling thread; a socket carries both
+    directions at once."""
+
+    def __init__(self, sidecar: Sidecar):
+        self.sidecar = sidecar
+        self.conn = sidecar.conn
+        self.stop = False
+        self.failure: str | None = None
+
+    def step(self, step: int, total: int, preview, elapsed: float) -> None:
+        try:
+            self.conn.send(("step", step, total, preview, elapsed))
+        except OSError as exc:
+            raise SidecarError(f"the worker's sidecar process stopped ({exc})") from exc
+
+    def should_stop(self) -> bool:
+        """True once the sidecar found the job canceled or reaped; raises if it could not
+        report a step."""
+        try:
+            while self.conn.poll():
+                self._take(self.conn.recv())
+        except (OSError, EOFError) as exc:
+            raise SidecarError(f"the worker's sidecar process stopped ({exc})") from exc
+        if self.failure is not None:
+            raise SidecarError(self.failure)
+        return self.stop
+
+    def end(self) -> list[dict]:
+        """Wait until every step sent is published and its heartbeat written; the kept
+        trajectory frames. Past END_TIMEOUT, or if the sidecar died, none."""
+        try:
+            self.conn.send(("end",))
+            while self.conn.poll(END_TIMEOUT):
+                message = self.conn.recv()
+                if message[0] == "ended":
+                    return message[1]
+                self._take(message)
+        except (OSError, EOFError) as exc:
+            log.warning("the sidecar stopped before the job's end: %s", exc)
+        else:
+            log.warning("the sidecar did not finish a job's steps in %s s", END_TIMEOUT)
+        self.sidecar.close()
+        return []
+
+    def _take(self, message: tuple) -> None:
+        if message[0] == "stop":
+            self.stop = True
+        elif message[0] == "failed":
+            self.failure = message[1]
+
+
+_sidecar: Sidecar | None = None
+_lock = threading.Lock()
+
+
+def get() -> Sidecar:
+    global _sidecar
+    with _lock:
+        if _sidecar is None:
+            _sidecar = Sidecar()
+        return _sidecar
+
+
+# --- The sidecar's side -------------------------------------------------------------------
+
+# The worker's database connections, as forked: their sockets are the worker's, so they are
+# kept here, never used, never closed (closing one would end the worker's session).
+_inherited: list = []
+
+
+def _serve(conn: Connection) -> None:
+    """The sidecar's life: one job after another, until the worker process goes away."""
+    # Ctrl-C reaches the whole process group; the sidecar ends with its worker instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _own_connections()
+    try:
+        while True:
+            kind, fields = conn.recv()
+            assert kind == "begin", kind
+            _JobSteps(conn, **fields).serve()
+    except EOFError:
+        pass
+    finally:
+        connection.close()
+
+
+def _own_connections() -> None:
+    """Leave the worker's database connections alone: the forked copies share its sockets.
+    The sidecar opens one connection of its own, outside any pool: a forked pool would hand
+    out the worker's connections, and its maintenance threads were not forked with it."""
+    for database in connections.all(initialized_only=True):
+        _inherited.append(database.connection)
+        database.connection = None
+    for database in connections.all():
+        pools = getattr(type(database), "_connection_pools", None)
+        if pools:  # the PostgreSQL backend's, one per alias, shared by the class
+            _inherited.append(dict(pools))
+            pools.clear()
+        options = {k: v for k, v in database.settings_dict["OPTIONS"].items() if k != "pool"}
+        database.settings_dict = {**database.settings_dict, "OPTIONS": options}
+
+
+@dataclass
+class _JobSteps:
+    """One job's steps in the sidecar: each published as it comes, the heartbeat written for
+    the newest step whenever no newer one is waiting (a slow write is not repeated for steps
+    it fell behind on)."""
+
+    conn: Connection
+    job_id: str
+    attempt: int
+    group: str
+    every: int
+
+    def serve(self) -> None:
+        self.job = Job(pk=self.job_id, attempt=self.attempt)
+        self.trajectory: list[dict] = []
+        self.unwritten: int | None = None  # the newest step without a heartbeat
+        self.stopped = self.failed = self.db_failing = False
+        while (message := self.conn.recv())[0] == "step":
+            self._report(*message[1:])
+            if not self.conn.poll():
+                self._beat()
+        self._beat()  # the last step, if the end message was already waiting
+        self.conn.send(("ended", self.trajectory))
+
+    def _report(self, step: int, total: int, preview, elapsed: float) -> None:
+        self.unwritten = step
+        if self.failed:
+            return  # the run is stopping; its remaining steps are not reported
+        try:
+            url = preview_url(preview.render()) if preview is not None else None
+            broadcast.send(self.group, {
+                "type": "job.progress", "job": self.job_id, "attempt": self.attempt,
+                "step": step, "total": total, "elapsed": round(elapsed, 3), "preview": url,
+            }, keep=True)
+        except Exception as exc:  # handed to the worker, which stops the run with it
+            log.exception("could not report step %s of job %s", step, self.job_id)
+            self.failed = True
+            self.conn.send(("failed", f"could not report step {step}: {exc}"))
+            return
+        if url and (step % self.every == 0 or step == total):
+            self.trajectory.append({"step": step, "image": url})
+
+    def _beat(self) -> None:
+        if self.unwritten is None:
+            return
+        try:
+            running = services.job_progress(job=self.job, step=self.unwritten)
+        except DatabaseError as exc:
+            # Postgres restarting, say: the next step is written on a new connection. A job
+            # whose heartbeat stayed away for good would be requeued by the reaper.
+            if not self.db_failing:
+                log.warning("heartbeat of job %s failed, retrying: %s", self.job_id, exc)
+            self.db_failing = True
+            connection.close()
+            return
+        self.db_failing = False
+        self.unwritten = None
+        if not running and not self.stopped:
+            self.stopped = True
+            self.conn.send(("stop",))
+
+
+def preview_url(preview: bytes) -> str:
+    kind = "webp" if preview[8:12] == b"WEBP" else "jpeg"
+    return f"data:image/{kind};base64,{base64.b64encode(preview).decode()}"

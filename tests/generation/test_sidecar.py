@@ -1,0 +1,126 @@
+"""The worker's sidecar process (generation/sidecar.py), driven the way a worker drives it, on
+the real Postgres and Redis: it reports steps, carries the cancel back, survives a Postgres
+hiccup, fails a run loudly and ends with its worker."""
+
+import os
+import time
+
+import pytest
+from django.utils import timezone
+
+from generation import broadcast, engine, sidecar
+from generation.models import Job
+
+pytestmark = pytest.mark.django_db(transaction=True)  # the sidecar reads committed rows
+
+
+@pytest.fixture
+def running_job(alice):
+    return Job.objects.create(
+        owner=alice, recipe={"steps": 4}, total_steps=4, attempt=1, status=Job.Status.RUNNING,
+        started_at=timezone.now(), heartbeat=timezone.now(),
+    )
+
+
+@pytest.fixture
+def previews(make_recipe, tiny_pipeline) -> list:
+    """Four real step previews from the engine."""
+    calls = []
+    engine.generate(make_recipe(steps=4), pipeline=tiny_pipeline,
+                    on_step=lambda *args: calls.append(args))
+    return [preview for _, _, preview, _ in calls]
+
+
+@pytest.fixture
+def side():
+    car = sidecar.Sidecar()
+    yield car
+    car.close()
+
+
+class Unrenderable:
+    """A preview whose drawing fails, as a bug in it would."""
+
+    def render(self) -> bytes:
+        raise ValueError("no pixels")
+
+
+def wait_for(condition, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def exited(pid: int) -> bool:
+    return wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] != 0)
+
+
+def test_every_step_is_published_its_heartbeat_written_and_frames_kept(
+    side, running_job, previews
+):
+    run = side.begin(running_job)
+    for step, preview in enumerate(previews, start=1):
+        run.step(step, 4, preview, step * 0.1)
+        assert run.should_stop() is False
+    trajectory = run.end()
+    running_job.refresh_from_db()
+    assert running_job.step == 4 and running_job.status == Job.Status.RUNNING
+    assert [frame["step"] for frame in trajectory] == [1, 2, 3, 4]
+    assert trajectory[-1]["image"] == sidecar.preview_url(previews[-1].render())
+    latest = broadcast.latest(running_job.group_name)
+    assert latest["step"] == 4 and latest["attempt"] == 1
+    assert latest["preview"] == trajectory[-1]["image"]
+
+
+def test_a_cancel_found_by_the_heartbeat_stops_the_run(side, running_job, previews):
+    run = side.begin(running_job)
+    run.step(1, 4, previews[0], 0.1)
+    assert wait_for(lambda: Job.objects.get(pk=running_job.pk).step == 1)
+    assert run.should_stop() is False
+    Job.objects.filter(pk=running_job.pk).update(cancel_requested=True)
+    run.step(2, 4, previews[1], 0.2)
+    assert wait_for(run.should_stop)
+    run.end()
+    assert Job.objects.get(pk=running_job.pk).step == 1  # a canceled job's row is not written
+
+
+def test_a_step_that_cannot_be_reported_fails_the_run_with_its_reason(side, running_job):
+    run = side.begin(running_job)
+    run.step(1, 4, Unrenderable(), 0.1)
+    with pytest.raises(sidecar.SidecarError, match="could not report step 1: no pixels"):
+        wait_for(run.should_stop)
+    run.end()
+    # The same sidecar serves the next job as usual.
+    again = side.begin(running_job)
+    again.step(2, 4, None, 0.2)
+    assert again.end() == [] and Job.objects.get(pk=running_job.pk).step == 2
+
+
+def test_a_dead_sidecar_fails_the_run_and_the_next_job_gets_a_new_one(
+    side, running_job, previews
+):
+    run = side.begin(running_job)
+    first = side.pid
+    os.kill(first, 9)
+    assert exited(first)
+    with pytest.raises(sidecar.SidecarError, match="sidecar process stopped"):
+        for step in range(1, 200):  # a send may land in the socket buffer before it breaks
+            run.step(step, 4, previews[0], 0.1)
+            run.should_stop()
+            time.sleep(0.01)
+    assert run.end() == []
+    run = side.begin(running_job)
+    assert side.pid != first
+    run.step(3, 4, previews[2], 0.3)
+    assert [frame["step"] for frame in run.end()] == [3]
+
+
+def test_the_sidecar_ends_with_its_worker(side, running_job):
+    side.begin(running_job).end()
+    pid = side.pid
+    side.conn.close()  # what the worker process's exit does to its end of the socket
+    assert exited(pid)
+    side.pid = side.conn = None
