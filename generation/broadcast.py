@@ -1,12 +1,12 @@
 """Sends job messages to the websocket group of a job (DESIGN §5), from sync code.
 
-The worker sends one every sampling step, from the engine's reporter thread beside the
-sampling loop. A channel layer's `group_send` is a coroutine: from sync code it needs an
-event loop, and handing every message to a loop in another thread costs a few hundred
-microseconds of interpreter time a step, taken from the sampling loop on a small CPU. So
-this publishes the way the channels_redis pub/sub layer does, with a plain Redis client:
-one PUBLISH of the layer's own serialized message on the Redis channel the layer maps the
-group to. The live websocket tests receive what this sends, so a layer upgrade that changed
+The worker sends one every sampling step, from its sidecar process (generation/sidecar.py),
+and a job's final state from the worker itself. A channel layer's `group_send` is a
+coroutine: from sync code it needs an event loop, and handing every message to a loop in
+another thread costs a few hundred microseconds of interpreter time a step. So this
+publishes the way the channels_redis pub/sub layer does, with a plain Redis client: one
+PUBLISH of the layer's own serialized message on the Redis channel the layer maps the group
+to. The live websocket tests receive what this sends, so a layer upgrade that changed
 either would fail them.
 
 Progress is best effort by design (a lost message is a skipped frame); the final state is

@@ -135,11 +135,11 @@ def job_claim_next(*, worker: str) -> Job | None:
     return job
 
 
-# Every sampling step of every job writes this, from the heartbeat thread beside the loop.
-# Django building the UPDATE took 364 us of interpreter time a call against 111 us for the
-# statement alone, and the loop waits on the interpreter lock meanwhile. Measured in one
-# process (tests/benchmarks/step_costs.py, previews on): 20 steps took 1.12-1.14x the bare
-# call with the ORM heartbeat, 1.08-1.10x with this one.
+# Every sampling step of every job writes this, from the worker's sidecar process. Django
+# building the UPDATE took 364 us of interpreter time a call against 111 us for the statement
+# alone. When the heartbeat was written from a thread beside the loop (which waited on the
+# interpreter lock meanwhile), 20 steps took 1.12-1.14x the bare call with the ORM heartbeat
+# and 1.08-1.10x with this one (tests/benchmarks/step_costs.py, previews on).
 PROGRESS_SQL = (
     f"UPDATE {Job._meta.db_table} SET step = %s, heartbeat = %s "  # noqa: S608 (a model's table)
     "WHERE id = %s AND status = %s AND attempt = %s AND NOT cancel_requested"

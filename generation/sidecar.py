@@ -20,12 +20,12 @@ and exits when the worker process goes away (its end of the socket closes).
 """
 
 import base64
+import functools
 import logging
 import math
 import os
 import signal
 import socket
-import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
@@ -69,7 +69,7 @@ class Sidecar:
         return SidecarRun(self)
 
     def close(self) -> None:
-        """Stop the sidecar: its socket closes, so it exits."""
+        """Stop the sidecar now, even one stuck in a write; the next job forks another."""
         if self.conn is not None:
             self.conn.close()
             self.conn = None
@@ -99,11 +99,13 @@ class Sidecar:
         ours, theirs = socket.socketpair()
         pid = os.fork()
         if pid == 0:  # the sidecar
-            status = 1
+            status = 0
             try:
                 ours.close()
                 _serve(Connection(theirs.detach()))
-                status = 0
+            except BaseException:
+                log.exception("the sidecar failed")
+                status = 1
             finally:
                 # Nothing of the worker's (atexit hooks, Celery's handlers) may run here.
                 os._exit(status)
@@ -164,16 +166,10 @@ class SidecarRun:
             self.failure = message[1]
 
 
-_sidecar: Sidecar | None = None
-_lock = threading.Lock()
-
-
+@functools.cache
 def get() -> Sidecar:
-    global _sidecar
-    with _lock:
-        if _sidecar is None:
-            _sidecar = Sidecar()
-        return _sidecar
+    """This worker process's sidecar (a worker runs one job at a time, from one thread)."""
+    return Sidecar()
 
 
 # --- The sidecar's side -------------------------------------------------------------------

@@ -199,7 +199,7 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 # Celery's Django fix-up closes a prefork worker's connection pool around every task, so each
-# job opened its connections anew (its claim's and its heartbeat thread's): about 12 ms a job,
+# job opened its connections anew (its claim's, and then its heartbeat's): about 12 ms a job,
 # measured with tests/benchmarks/serving_overhead.py. It keeps them for this many tasks
 # instead; studio/celery.py hands a task's connections back to the pool around each task,
 # which drops one that broke (a Postgres restart).
