@@ -152,10 +152,14 @@ class SidecarRun:
                 if message[0] == "ended":
                     return message[1]
                 self._take(message)
+            log.warning("the sidecar did not finish a job's steps in %s s", END_TIMEOUT)
         except (OSError, EOFError) as exc:
             log.warning("the sidecar stopped before the job's end: %s", exc)
-        else:
-            log.warning("the sidecar did not finish a job's steps in %s s", END_TIMEOUT)
+        except BaseException:
+            # Interrupted (a time limit): this job's messages would be read as the next
+            # job's, so the next job gets a new sidecar.
+            self.sidecar.close()
+            raise
         self.sidecar.close()
         return []
 

@@ -124,3 +124,25 @@ def test_the_sidecar_ends_with_its_worker(side, running_job):
     side.conn.close()  # what the worker process's exit does to its end of the socket
     assert exited(pid)
     side.pid = side.conn = None
+
+
+def test_an_end_cut_short_gives_the_next_job_a_new_sidecar(side, running_job, previews):
+    # A time limit can fire while the worker waits for the end: that job's messages must not
+    # be read as the next job's.
+    class TimeLimit(Exception):
+        pass
+
+    def interrupted(timeout=0.0):
+        raise TimeLimit
+
+    run = side.begin(running_job)
+    first = side.pid
+    run.step(1, 4, previews[0], 0.1)
+    run.conn.poll = interrupted
+    with pytest.raises(TimeLimit):
+        run.end()
+    assert side.pid is None  # stopped, and reaped
+    again = side.begin(running_job)
+    assert side.pid not in (None, first)
+    again.step(2, 4, previews[1], 0.2)
+    assert [frame["step"] for frame in again.end()] == [2]
