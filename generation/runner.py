@@ -15,44 +15,22 @@ from .presenters import job_state
 log = logging.getLogger(__name__)
 
 
-class StepReporter:
-    """Called by the engine after every step; hands the step to this worker's sidecar
-    process, which draws and publishes its preview, writes the heartbeat (which also carries
-    the cancel check) and keeps every k-th preview for the trajectory (generation/sidecar.py).
-    The engine's loop pays for sending a few kilobytes, nothing more."""
-
-    def __init__(self, job: Job):
-        self.job = job
-        self.run = sidecar.get().begin(job)
-        self.trajectory: list[dict] = []
-
-    def on_step(self, step: int, total: int, preview, elapsed: float) -> None:
-        self.run.step(step, total, preview, elapsed)
-
-    def should_cancel(self) -> bool:
-        return self.run.should_stop()
-
-    def end(self) -> None:
-        """Wait for the sidecar to report every step sent: its last heartbeat lands before
-        the job is finished, so none can come after, and no step follows the final state."""
-        self.trajectory = self.run.end()
-
-
 def run(job: Job) -> str:
     """Run a claimed job to an end state and announce it.
 
     1. Load the model's pipeline (cached per model, device and dtype in this process).
-    2. Generate, reporting each step through a StepReporter.
+    2. Generate, each step handed to this worker's sidecar process, which draws and
+       publishes its preview, writes the heartbeat (which also carries the cancel check)
+       and keeps every k-th preview for the trajectory (generation/sidecar.py).
     3. Store every image as a PNG carrying its recipe, and finish the job with its outputs
        in one transaction, or mark it canceled, or failed with a reason a person can read.
     """
     try:
-        reporter = StepReporter(job)
-        result = _generate(job, reporter)
+        result, trajectory = _generate(job, sidecar.get().begin(job))
         if result.canceled:
             outcome = _stopped(job)
         else:
-            stored = _finish(job, result, reporter.trajectory)
+            stored = _finish(job, result, trajectory)
             outcome = "succeeded" if stored else "superseded"
     except SoftTimeLimitExceeded:
         limit = settings.CELERY_TASK_SOFT_TIME_LIMIT
@@ -79,19 +57,22 @@ def announce(job: Job) -> None:
         log.warning("could not announce job %s: %s", job.pk, exc)
 
 
-def _generate(job: Job, reporter: StepReporter):
+def _generate(job: Job, steps: sidecar.SidecarRun) -> tuple[engine.Result, list[dict]]:
+    """The engine's result, and the trajectory frames the sidecar kept."""
     recipe = engine.Recipe.from_json(job.recipe)
     if recipe.threads is None:
         recipe = replace(recipe, threads=registry.threads())
     device, dtype = registry.device()
     try:
         pipeline = engine.load_pipeline(recipe.model.source, device=device, dtype=dtype)
-        return engine.generate(
-            recipe, pipeline=pipeline, on_step=reporter.on_step,
-            should_cancel=reporter.should_cancel,
+        result = engine.generate(
+            recipe, pipeline=pipeline, on_step=steps.step, should_cancel=steps.should_stop
         )
     finally:
-        reporter.end()
+        # Every step sent is reported and its heartbeat written before the job is finished,
+        # so none can come after, and no step follows the final state.
+        trajectory = steps.end()
+    return result, trajectory
 
 
 def _finish(job: Job, result, trajectory: list) -> bool:

@@ -4,9 +4,9 @@ websocket group (and keeps it as the job's latest), and writes the heartbeat, wh
 tells whether the run may go on.
 
 Why a process: done on a thread beside the loop, this work took turns with sampling at the
-interpreter lock and made a one-thread run of the demo model 10-15% slower than the bare
-engine call (tests/benchmarks/step_costs.py). Here the loop pays for pickling a few
-kilobytes into a socket, and the work runs on another core.
+interpreter lock and made a one-thread run of the demo model 12-14% slower than the bare
+engine call; from the sidecar, 5-6% (tests/benchmarks/step_costs.py). The loop pays for
+pickling a few kilobytes into a socket, and the work runs on another core.
 
 The sidecar is forked from the worker process on its first job, so it starts at once and
 shares the imported code. It serves one job at a time over a socket pair:
@@ -26,7 +26,7 @@ import math
 import os
 import signal
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from django.db import DatabaseError, connection, connections
@@ -227,12 +227,16 @@ class _JobSteps:
     attempt: int
     group: str
     every: int
+    trajectory: list[dict] = field(default_factory=list)
+    unwritten: int | None = None  # the newest step without a heartbeat
+    stopped: bool = False  # the worker was told to stop
+    failed: bool = False  # a step could not be reported
+    db_failing: bool = False  # the last heartbeat write failed (logged once)
+
+    def __post_init__(self):
+        self.job = Job(pk=self.job_id, attempt=self.attempt)  # what job_progress reads
 
     def serve(self) -> None:
-        self.job = Job(pk=self.job_id, attempt=self.attempt)
-        self.trajectory: list[dict] = []
-        self.unwritten: int | None = None  # the newest step without a heartbeat
-        self.stopped = self.failed = self.db_failing = False
         while (message := self.conn.recv())[0] == "step":
             self._report(*message[1:])
             if not self.conn.poll():

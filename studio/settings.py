@@ -119,9 +119,10 @@ DATABASES = {
 # Connections come from a pool: opening one costs about 3 ms, on every request and every
 # job otherwise, and under ASGI Django must not keep one per thread instead (its docs say so).
 # DATABASE_CONN_MAX_AGE > 0 (persistent connections, no pool) is the other choice. A thread
-# of our own that uses the database must close its connection when it ends (the heartbeat
-# does), or that connection stays out of the pool for good, and so must a long wait between
-# reads (generation/waiting.py). Celery workers keep their pool between tasks and hand a
+# of our own that uses the database must close its connection when it ends, or that
+# connection stays out of the pool for good, and so must a long wait between reads
+# (generation/waiting.py). A worker's sidecar process opens one connection of its own,
+# outside the pool (generation/sidecar.py). Celery workers keep their pool between tasks and hand a
 # task's connections back around it (CELERY_DB_REUSE_MAX below, studio/celery.py).
 if envbool("DATABASE_POOL", True) and not DATABASES["default"]["CONN_MAX_AGE"]:
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {

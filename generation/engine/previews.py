@@ -80,19 +80,6 @@ KNOWN_LATENT_RGB = {
 }
 
 
-def predicted_x0(
-    model_output: Array,
-    model_input: Array,
-    timestep: float,
-    alphas_cumprod: Sequence[float],
-    prediction_type: str,
-) -> Array:
-    """The clean latent the model predicts at ``timestep``: see ``x0_from``."""
-    return x0_from(
-        model_output, model_input, alpha_bar_at(alphas_cumprod, timestep), prediction_type
-    )
-
-
 def alpha_bar_at(alphas_cumprod: Sequence[float], t: float) -> float:
     """The schedule's alpha-bar at a timestep; fractional timesteps (Karras sigmas)
     interpolate, close enough for a preview."""

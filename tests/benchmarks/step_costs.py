@@ -10,8 +10,8 @@ alternating:
   - copies: each step's preview arrays copied and handed to a no-op callback;
   - in_process: each step drawn, published and its heartbeat written on a thread beside the
     loop, in this process (how workers did it before the sidecar);
-  - worker: runner.StepReporter, as a worker runs it: each step sent to the sidecar process,
-    which draws, publishes and writes the heartbeat there.
+  - worker: each step sent to the sidecar process, as a worker's runner does it; the
+    sidecar draws, publishes and writes the heartbeat.
 No web server or client runs meanwhile, so what differs is the callback's own work and the
 threads and processes it wakes. The last line is the JSON object of each variant's median
 time / bare.
@@ -39,7 +39,7 @@ def main() -> None:
     from django.contrib.auth import get_user_model
     from django.utils import timezone
 
-    from generation import broadcast, engine, recipes, registry, runner, services, sidecar
+    from generation import broadcast, engine, recipes, registry, services, sidecar
     from generation.models import Job
 
     params = {"prompt": PROMPT, "steps": 20, "width": 64, "height": 64, "seed": 1,
@@ -66,11 +66,11 @@ def main() -> None:
         services.job_progress(job=job, step=step)
 
     def worker():
-        reporter = runner.StepReporter(job)
+        steps = sidecar.get().begin(job)
         try:
-            return run(reporter.on_step, reporter.should_cancel)
+            return run(steps.step, steps.should_stop)
         finally:
-            reporter.end()
+            steps.end()
 
     variants = {
         "bare": run,

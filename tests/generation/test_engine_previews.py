@@ -13,12 +13,19 @@ from generation import engine
 from generation.engine.previews import (
     KNOWN_LATENT_RGB,
     LATENT_RGB_FILE,
+    alpha_bar_at,
     latent_rgb_for,
-    predicted_x0,
+    x0_from,
 )
 from generation.engine.samplers import make_scheduler
 
 from .test_engine_samplers import COSINE_V
+
+
+def predicted_x0(model_output, model_input, timestep, alphas_cumprod, prediction_type):
+    """x0 at a timestep, as the engine computes it for a step's preview."""
+    alpha_bar = alpha_bar_at(alphas_cumprod, timestep)
+    return x0_from(model_output, model_input, alpha_bar, prediction_type)
 
 
 def run_with_previews(recipe, pipeline, preview=None):
