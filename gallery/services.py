@@ -5,7 +5,7 @@ from urllib.parse import urlencode
 
 from django.contrib.postgres.search import SearchVector
 from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Q, QuerySet, Value
 
 from generation.models import Job, Output
 from studio.services import get_team_for_user
@@ -39,17 +39,18 @@ def get_image_for_user(*, user, image_id) -> Image | None:
 def images_create_for_job(*, job: Job, outputs: list[Output]) -> list[Image]:
     """A private gallery entry per output of a job that just succeeded."""
     recipe = job.recipe
-    images = [
+    prompt = recipe.get("prompt", "")
+    return [
         Image.objects.create(
-            output=output, owner_id=job.owner_id, prompt=recipe.get("prompt", ""),
+            output=output, owner_id=job.owner_id, prompt=prompt,
             model_name=recipe.get("model", {}).get("name", ""),
             sampler=recipe.get("sampler", ""),
             seed=output.recipe.get("seed", 0) + output.recipe.get("batch_index", 0),
+            # Indexed as it is inserted: an UPDATE after it cost every finished job a statement.
+            search=SearchVector(Value(prompt), config="english"),
         )
         for output in outputs
     ]
-    index_prompts(Image.objects.filter(pk__in=[image.pk for image in images]))
-    return images
 
 
 def index_prompts(images: QuerySet[Image]) -> None:

@@ -4,7 +4,8 @@ from .models import Job
 from .services import queue_position
 
 
-def job_state(job: Job) -> dict:
+def job_state(job: Job, outputs=None) -> dict:
+    """`outputs`: a succeeded job's outputs when the caller has them (they are read otherwise)."""
     recipe = job.recipe
     state = {
         "id": str(job.pk),
@@ -22,7 +23,8 @@ def job_state(job: Job) -> dict:
         "images": [],
     }
     if job.status == Job.Status.SUCCEEDED:
-        state["images"] = [output_state(output) for output in job.outputs.all()]
+        outputs = job.outputs.all() if outputs is None else outputs
+        state["images"] = [output_state(output) for output in outputs]
         state["timings"] = job.timings
     return state
 

@@ -25,13 +25,14 @@ def run(job: Job) -> str:
     3. Store every image as a PNG carrying its recipe, and finish the job with its outputs
        in one transaction, or mark it canceled, or failed with a reason a person can read.
     """
+    stored = None
     try:
         result, trajectory = _generate(job, sidecar.get().begin(job))
         if result.canceled:
             outcome = _stopped(job)
         else:
             stored = _finish(job, result, trajectory)
-            outcome = "succeeded" if stored else "superseded"
+            outcome = "succeeded" if stored is not None else "superseded"
     except SoftTimeLimitExceeded:
         limit = settings.CELERY_TASK_SOFT_TIME_LIMIT
         services.job_fail(job=job, reason=f"The job took longer than the {limit} s time limit.")
@@ -40,19 +41,19 @@ def run(job: Job) -> str:
         log.exception("job %s failed", job.pk)
         services.job_fail(job=job, reason=failure_reason(exc))
         outcome = "failed"
-    job.refresh_from_db()
-    announce(job)
+    if stored is None:  # a finished job holds its stored state already (services.job_finish)
+        job.refresh_from_db()
+    announce(job, outputs=stored)
     return outcome
 
 
-def announce(job: Job) -> None:
+def announce(job: Job, outputs=None) -> None:
     """Send the job's final state to its watchers. Best effort, like progress: the state is
     stored already, and a client that misses this reads it over HTTP or on reconnect. The
     job's kept latest step goes with it (`keep=False`)."""
     try:
-        broadcast.send(
-            job.group_name, {"type": "job.state", "job": job_state(job)}, keep=False
-        )
+        state = job_state(job, outputs=outputs)
+        broadcast.send(job.group_name, {"type": "job.state", "job": state}, keep=False)
     except Exception as exc:  # a lost message must not fail a finished job
         log.warning("could not announce job %s: %s", job.pk, exc)
 
@@ -75,13 +76,13 @@ def _generate(job: Job, steps: sidecar.SidecarRun) -> tuple[engine.Result, list[
     return result, trajectory
 
 
-def _finish(job: Job, result, trajectory: list) -> bool:
+def _finish(job: Job, result, trajectory: list) -> list | None:
     """Store the images and finish the job. The images took the whole run to make: if the
     database connection broke meanwhile (a Postgres restart), try once more on a new one.
     The finish is one transaction, so the failed try left nothing behind but, at most, an
     unreferenced file."""
 
-    def finish() -> bool:
+    def finish() -> list | None:
         outputs = [_output_fields(job, image, recipe)
                    for image, recipe in zip(result.images, result.recipes, strict=True)]
         return services.job_finish(

@@ -1,9 +1,15 @@
 """The authorization matrix: who sees which image, through every door (issue 6)."""
 
 import pytest
+from django.core.files.base import ContentFile
 from django.urls import reverse
+from django.utils import timezone
 
 from gallery.models import Visibility
+from generation import services
+from generation.models import Job
+
+from .conftest import png_bytes, recipe_for
 
 pytestmark = pytest.mark.django_db
 
@@ -159,3 +165,20 @@ def test_a_hidden_image_leaves_every_public_door(images, as_viewer, alice):
 def test_a_nul_character_in_search_is_harmless(images, as_viewer):
     response = as_viewer("carol").get(reverse("gallery_public"), {"q": "red\x00", "model": "\x00"})
     assert response.status_code == 200
+
+
+def test_a_finished_jobs_image_is_found_by_the_words_of_its_prompt(settings, tmp_path, alice,
+                                                                   as_viewer):
+    """The worker's path: job_finish stores the outputs and the gallery indexes them."""
+    settings.MEDIA_ROOT = tmp_path
+    recipe = recipe_for("a purple square on a white background")
+    job = Job.objects.create(owner=alice, recipe=recipe, status=Job.Status.RUNNING, attempt=1,
+                             started_at=timezone.now())
+    outputs = services.job_finish(job=job, timings={}, trajectory=[], outputs=[
+        {"index": 0, "image": ContentFile(png_bytes(), name="0.png"), "recipe": recipe,
+         "width": 8, "height": 8},
+    ])
+    (image,) = [output.gallery_image for output in outputs]
+    client = as_viewer("alice")
+    assert listed(client, "gallery_mine", q="squares purple") == {str(image.pk)}
+    assert listed(client, "gallery_mine", q="circle") == set()

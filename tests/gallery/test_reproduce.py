@@ -89,7 +89,7 @@ def finish(job: Job, png: bytes, index: int = 1) -> None:
     job.refresh_from_db()
     outputs = [{"index": i, "image": ContentFile(png, name=f"{i}.png"), "recipe": job.recipe,
                 "width": 8, "height": 8} for i in range(index + 1)]
-    assert services.job_finish(job=job, outputs=outputs, timings={}, trajectory=[])
+    assert services.job_finish(job=job, outputs=outputs, timings={}, trajectory=[]) is not None
 
 
 def test_the_verdict_is_computed_when_the_job_succeeds(tiny_image, as_viewer):
