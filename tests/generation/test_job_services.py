@@ -2,7 +2,9 @@
 
 from datetime import timedelta
 
+import psycopg
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from generation import services
@@ -46,6 +48,32 @@ def test_a_job_is_claimed_once(alice):
     assert services.job_claim_next(worker="w2") is None
     job.refresh_from_db()
     assert job.status == "running" and job.attempt == 1 and job.worker == "w1"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_skips_the_job_another_worker_holds_and_does_not_wait(alice, bob):
+    """Two workers claiming at once: the second gets the next job at once (SKIP LOCKED)."""
+    (first,) = queue(alice)
+    (second,) = queue(bob)
+    sql, head_params = services.claim_statement()
+    db = connection.settings_dict
+    with psycopg.connect(dbname=db["NAME"], user=db["USER"], host=db["HOST"],
+                         port=db["PORT"] or 5432) as other:
+        now = timezone.now()
+        # The other worker's claim, its transaction still open: it holds the head's row.
+        held = other.execute(sql, ["running", "w2", now, now, *head_params, "queued"])
+        assert held.fetchone()[0] == first.pk
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '2s'")  # a claim that waited would fail
+        try:
+            assert services.job_claim_next(worker="w1").pk == second.pk
+            assert services.job_claim_next(worker="w1") is None
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET lock_timeout")
+        other.commit()
+    first.refresh_from_db()
+    assert (first.status, first.worker, first.attempt) == ("running", "w2", 1)
 
 
 def test_progress_records_the_step_and_a_fresh_heartbeat(alice):
