@@ -179,7 +179,7 @@ def test_the_reaper_cancels_a_stale_job_its_owner_canceled(alice):
 def test_the_reap_task_tells_watchers_of_a_job_it_ended(transactional_db, alice, settings):
     import asyncio
 
-    from asgiref.sync import sync_to_async
+    from channels.db import database_sync_to_async
     from channels.layers import get_channel_layer
 
     from generation.tasks import reap_jobs
@@ -194,7 +194,8 @@ def test_the_reap_task_tells_watchers_of_a_job_it_ended(transactional_db, alice,
         layer = get_channel_layer()
         channel = await layer.new_channel()
         await layer.group_add(job.group_name, channel)
-        await sync_to_async(reap_jobs)()
+        # database_sync_to_async hands its thread's connection back, so none is left open.
+        await database_sync_to_async(reap_jobs)()
         return await asyncio.wait_for(layer.receive(channel), 10)
 
     message = run_async(watch_while_reaping())
