@@ -47,15 +47,15 @@ def images_create_for_job(*, job: Job, outputs: list[Output]) -> list[Image]:
             sampler=recipe.get("sampler", ""),
             seed=output.recipe.get("seed", 0) + output.recipe.get("batch_index", 0),
             # Indexed as it is inserted: an UPDATE after it cost every finished job a statement.
-            search=SearchVector(Value(prompt), config="english"),
+            search=prompt_vector(prompt),
         )
         for output in outputs
     ]
 
 
-def index_prompts(images: QuerySet[Image]) -> None:
-    """Refresh the full-text search vector of these images from their prompts."""
-    images.update(search=SearchVector("prompt", config="english"))
+def prompt_vector(prompt: str) -> SearchVector:
+    """A prompt's full-text search vector, as an image's `search` holds it."""
+    return SearchVector(Value(prompt), config="english")
 
 
 class GalleryError(Exception):

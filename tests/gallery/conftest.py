@@ -5,7 +5,7 @@ from django.core.files.base import ContentFile
 from PIL import Image as PILImage
 
 from gallery.models import Image, Visibility
-from gallery.services import index_prompts
+from gallery.services import prompt_vector
 from generation.models import Job, Output
 
 TRAJECTORY = [{"step": step, "image": f"data:image/webp;base64,frame{step}"} for step in (1, 2, 4)]
@@ -39,12 +39,11 @@ def make_image(settings, tmp_path):
             job=job, index=0, image=ContentFile(png_bytes(), name="0.png"), recipe=recipe,
             width=8, height=8,
         )
-        image = Image.objects.create(
+        return Image.objects.create(
             output=output, owner=owner, visibility=visibility, team=team, hidden=hidden,
             prompt=prompt, model_name="studio-demo", sampler="DDIM", seed=7,
+            search=prompt_vector(prompt),
         )
-        index_prompts(Image.objects.filter(pk=image.pk))
-        return image
 
     return make
 
