@@ -210,7 +210,7 @@ def main() -> None:
     print(f"median engine call {statistics.median(bare) * 1000:.0f} ms, "
           f"median submit-to-stored {statistics.median(served) * 1000:.0f} ms, ratio {ratio:.3f}")
     # The ratio moves with this machine's speed from one minute to the next (the bare call
-    # alone spans 0.3-0.45 s in a day); the time a job spends outside the engine moves less.
+    # alone spans 0.3-0.5 s within a morning); the time a job spends outside the engine moves less.
     print(f"median time outside the engine (submit-to-stored less the worker's engine call): "
           f"{statistics.median(outside):.1f} ms")
     print(json.dumps({
