@@ -31,7 +31,7 @@ from multiprocessing.connection import Connection
 
 from django.db import DatabaseError, connection, connections
 
-from . import broadcast, services
+from . import broadcast, engine, services
 from .models import Job
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ class _JobSteps:
         if self.failed:
             return  # the run is stopping; its remaining steps are not reported
         try:
-            url = preview_url(preview.render()) if preview is not None else None
+            url = preview_url(preview) if preview is not None else None
             broadcast.send(self.group, {
                 "type": "job.progress", "job": self.job_id, "attempt": self.attempt,
                 "step": step, "total": total, "elapsed": round(elapsed, 3), "preview": url,
@@ -282,6 +282,7 @@ class _JobSteps:
             self.conn.send(("stop",))
 
 
-def preview_url(preview: bytes) -> str:
-    kind = "webp" if preview[8:12] == b"WEBP" else "jpeg"
-    return f"data:image/{kind};base64,{base64.b64encode(preview).decode()}"
+def preview_url(preview: engine.StepPreview) -> str:
+    """The preview drawn, as a data URL of the format its options name."""
+    data = base64.b64encode(preview.render()).decode()
+    return f"data:image/{preview.options.format.lower()};base64,{data}"

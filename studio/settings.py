@@ -122,8 +122,8 @@ DATABASES = {
 # of our own that uses the database must close its connection when it ends, or that
 # connection stays out of the pool for good, and so must a long wait between reads
 # (generation/waiting.py). A worker's sidecar process opens one connection of its own,
-# outside the pool (generation/sidecar.py). Celery workers keep their pool between tasks and hand a
-# task's connections back around it (CELERY_DB_REUSE_MAX below, studio/celery.py).
+# outside the pool (generation/sidecar.py). Celery workers keep their pool between tasks and
+# hand a task's connections back around it (CELERY_DB_REUSE_MAX below, studio/celery.py).
 if envbool("DATABASE_POOL", True) and not DATABASES["default"]["CONN_MAX_AGE"]:
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 1,

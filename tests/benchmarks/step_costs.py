@@ -61,7 +61,7 @@ def main() -> None:
     def in_process(step, total, preview, elapsed):
         broadcast.send(job.group_name, {
             "type": "job.progress", "job": str(job.pk), "attempt": job.attempt, "step": step,
-            "total": total, "elapsed": elapsed, "preview": sidecar.preview_url(preview.render()),
+            "total": total, "elapsed": elapsed, "preview": sidecar.preview_url(preview),
         }, keep=True)
         services.job_progress(job=job, step=step)
 

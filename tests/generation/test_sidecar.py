@@ -2,9 +2,13 @@
 the real Postgres and Redis: it reports steps, carries the cancel back, survives a Postgres
 hiccup, fails a run loudly and ends with its worker."""
 
+import base64
+import dataclasses
+import io
 import os
 import time
 
+import PIL.Image
 import pytest
 from django.utils import timezone
 
@@ -69,7 +73,7 @@ def test_every_step_is_published_its_heartbeat_written_and_frames_kept(
     running_job.refresh_from_db()
     assert running_job.step == 4 and running_job.status == Job.Status.RUNNING
     assert [frame["step"] for frame in trajectory] == [1, 2, 3, 4]
-    assert trajectory[-1]["image"] == sidecar.preview_url(previews[-1].render())
+    assert trajectory[-1]["image"] == sidecar.preview_url(previews[-1])
     latest = broadcast.latest(running_job.group_name)
     assert latest["step"] == 4 and latest["attempt"] == 1
     assert latest["preview"] == trajectory[-1]["image"]
@@ -146,3 +150,12 @@ def test_an_end_cut_short_gives_the_next_job_a_new_sidecar(side, running_job, pr
     assert side.pid not in (None, first)
     again.step(2, 4, previews[1], 0.2)
     assert [frame["step"] for frame in again.end()] == [2]
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "PNG", "JPEG"])
+def test_a_preview_url_names_the_format_it_was_drawn_in(previews, fmt):
+    preview = dataclasses.replace(previews[0], options=engine.Previews(format=fmt))
+    kind, data = sidecar.preview_url(preview).split(",", 1)
+    assert kind == f"data:image/{fmt.lower()};base64"
+    with PIL.Image.open(io.BytesIO(base64.b64decode(data))) as image:
+        assert image.format == fmt
