@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 import diffusers
+import numpy as np
 import torch
 from diffusers import (
     DDIMScheduler,
@@ -160,7 +161,22 @@ def sampling_betas(config: dict[str, Any]) -> dict[str, Any]:
         return {}
     betas[-1] = 1.0 - TERMINAL_ALPHA_BAR / alphas_cumprod[-2]
     # The betas are now final: no scheduler may rescale them again.
-    return {"trained_betas": betas.tolist(), "rescale_betas_zero_snr": False}
+    return {"trained_betas": shortest_float32(betas), "rescale_betas_zero_snr": False}
+
+
+def shortest_float32(values: torch.Tensor) -> list[float]:
+    """float32 values as the shortest decimals that read back as the same float32s.
+
+    Schedulers read `trained_betas` as float32. `tolist()` writes each one's float64 digits
+    (0.0008500000112690032 for 0.00085), which made the demo model's recipe 23 kB, written to
+    every job row, output row and PNG. A value whose short form would round differently
+    through float64 keeps its long form, so the schedule is the same bit for bit.
+    """
+    floats = values.to(torch.float32).numpy()
+    # numpy prints a float32 as the shortest digits that parse back to it as a float32.
+    short = np.array([float(str(value)) for value in floats])
+    same = short.astype(np.float32) == floats
+    return np.where(same, short, floats.astype(np.float64)).tolist()
 
 
 def _accepted(cls: type[SchedulerMixin], options: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,7 @@
 """Every sampler builds from the model's own schedule and runs on every shipped model."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
 from generation import engine
 from generation.demo_model.architecture import sampling_scheduler
-from generation.engine.samplers import TERMINAL_ALPHA_BAR, make_scheduler
+from generation.engine.samplers import TERMINAL_ALPHA_BAR, make_scheduler, shortest_float32
 
 from .conftest import DEMO_WEIGHTS
 
@@ -61,6 +63,25 @@ def test_the_terminal_alpha_bar_is_floored_in_explicit_betas():
     training = DDIMScheduler.from_config(COSINE_V).alphas_cumprod
     assert torch.equal(alphas_cumprod[:-1], training[:-1])
     assert config["rescale_betas_zero_snr"] is False
+
+
+def test_explicit_betas_are_written_short_and_read_back_bit_for_bit():
+    # Every positive normal float32 magnitude, and the demo schedule's own betas.
+    bits = np.random.default_rng(0).integers(0x00800000, 0x7F800000, 20_000, dtype=np.uint32)
+    values = torch.from_numpy(bits.view(np.float32).copy())
+    assert torch.equal(torch.tensor(shortest_float32(values), dtype=torch.float32), values)
+
+    config = make_scheduler("Euler", COSINE_V, seed=0).config
+    floored = torch.tensor(config["trained_betas"], dtype=torch.float32)
+    # The recipe's JSON holds the short form (14 kB for the demo schedule, not 23 kB) ...
+    long_betas = floored.tolist()
+    assert len(json.dumps(config["trained_betas"])) < 0.65 * len(json.dumps(long_betas))
+    # ... and every sampler builds the same schedule from it as from float64's digits.
+    for name in engine.SAMPLERS:
+        short = make_scheduler(name, {**COSINE_V, **config}, seed=0)
+        long = make_scheduler(name, {**COSINE_V, **config, "trained_betas": long_betas}, seed=0)
+        assert torch.equal(short.betas, long.betas), name
+        assert torch.equal(short.alphas_cumprod, long.alphas_cumprod), name
 
 
 def test_a_schedule_with_signal_left_at_the_end_is_not_touched():
