@@ -6,6 +6,12 @@ from celery import Celery, signals
 from django.db import close_old_connections
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "studio.settings")
+# A GPU worker's main process imports the engine and then forks the process that runs jobs.
+# Importing diffusers asks `torch.accelerator.is_available()`, which on a CUDA machine starts
+# the CUDA driver and so "poisons" fork: the forked process then fails its first job with
+# "Cannot re-initialize CUDA in forked subprocess" (seen on an H100). Asked through NVML, as
+# this makes torch do, the question leaves CUDA alone; the job process starts CUDA itself.
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 
 app = Celery("studio")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -149,7 +149,8 @@ def database_url() -> str:
 class Worker:
     """A real `celery worker` process on the real Redis, pointed at the test database."""
 
-    def __init__(self):
+    def __init__(self, celery: tuple[str, ...] = (sys.executable, "-m", "celery")):
+        self.celery = celery  # the command that runs Celery's own command line
         self.queues = f"{settings.STUDIO_QUEUE},maintenance,celery"
         self.proc: subprocess.Popen | None = None
         self.log = ROOT / ".run" / f"test-worker-{os.getpid()}.log"
@@ -161,7 +162,7 @@ class Worker:
             HF_HUB_OFFLINE="1",
         )
         cmd = [
-            sys.executable, "-m", "celery", "-A", "studio", "worker", "--loglevel=INFO",
+            *self.celery, "-A", "studio", "worker", "--loglevel=INFO",
             "--concurrency=1", "--prefetch-multiplier=1", f"--queues={self.queues}",
             "--without-gossip", "--without-mingle", f"--hostname=test-{os.getpid()}@%h",
         ]
