@@ -155,13 +155,24 @@ def sampling_betas(config: dict[str, Any]) -> dict[str, Any]:
     only for themselves and only when rescaling. Expressing the floor as `trained_betas` fixes
     the schedule itself, for every scheduler alike, in a config a stock scheduler reads.
     """
-    betas = DDPMScheduler.from_config(config).betas.clone()
+    floored = _floored_betas(json.dumps(config, sort_keys=True))
+    if floored is None:
+        return {}
+    # The betas are now final: no scheduler may rescale them again.
+    return {"trained_betas": list(floored), "rescale_betas_zero_snr": False}
+
+
+@functools.lru_cache(maxsize=32)
+def _floored_betas(config_json: str) -> tuple[float, ...] | None:
+    """`sampling_betas`' betas, once per model config: building the schedule and writing it
+    short took 5 ms, and the SDE sampler's scheduler, seeded per submission, needs them on
+    every submission."""
+    betas = DDPMScheduler.from_config(json.loads(config_json)).betas.clone()
     alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
     if alphas_cumprod[-1] >= TERMINAL_ALPHA_BAR:
-        return {}
+        return None
     betas[-1] = 1.0 - TERMINAL_ALPHA_BAR / alphas_cumprod[-2]
-    # The betas are now final: no scheduler may rescale them again.
-    return {"trained_betas": shortest_float32(betas), "rescale_betas_zero_snr": False}
+    return tuple(shortest_float32(betas))
 
 
 def shortest_float32(values: torch.Tensor) -> list[float]:
