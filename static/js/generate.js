@@ -13,6 +13,7 @@
   const eta = document.getElementById("eta");
   const cancelButton = document.getElementById("cancel-button");
   const results = document.getElementById("results");
+  const live = document.querySelector(".live");
   const recent = document.querySelector("#recent-jobs tbody");
   let lastSeed = JSON.parse(document.getElementById("last-seed").textContent);
   let socket = null;
@@ -48,6 +49,21 @@
         document.getElementById("form-error").textContent = message;
       }
     }
+    // On a phone the button is far below the prompt: take the person to the first field
+    // that needs fixing (the form's order, not the server's), or to the form's own error.
+    const first = form.querySelector(".field.has-error")?.querySelector("input, select, textarea");
+    if (first) first.focus();
+    else bringIntoView(document.getElementById("form-error"));
+  }
+
+  // Scroll to `element` unless it is already in sight, without motion for those who asked
+  // for none. The sticky top bar is allowed for by `scroll-margin-top` in the stylesheet.
+  function bringIntoView(element) {
+    const box = element.getBoundingClientRect();
+    const topBar = document.querySelector(".topbar")?.getBoundingClientRect().bottom || 0;
+    if (box.top >= topBar && box.bottom <= window.innerHeight) return;
+    const still = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+    element.scrollIntoView({ block: "start", behavior: still ? "auto" : "smooth" });
   }
 
   form.addEventListener("submit", async (event) => {
@@ -65,6 +81,8 @@
         return;
       }
       watch(body.job);
+      // On narrow screens the preview sits above the form, out of sight of the button.
+      bringIntoView(live);
     } catch (err) {
       showErrors({ __all__: "Studio could not be reached. Check your connection and retry." });
     } finally {

@@ -53,11 +53,35 @@ def test_invalid_fields_show_their_error_next_to_them(studio_server, page, alice
     assert "multiple of 8" in page.locator('[data-error-for="width"]').inner_text()
 
 
+# Whether an element lies wholly in the viewport, below the sticky top bar.
+IN_SIGHT = """(selector) => {
+    const box = document.querySelector(selector).getBoundingClientRect();
+    const bar = document.querySelector(".topbar").getBoundingClientRect().bottom;
+    return box.top >= bar && box.bottom <= window.innerHeight;
+}"""
+
+
 def test_the_generate_page_works_at_phone_width(studio_server, browser, alice):
     context = browser.new_context(viewport={"width": 390, "height": 844})
     page = context.new_page()
+    page.set_default_timeout(15000)
     log_in(page, studio_server, "alice")
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390
     assert page.locator("#generate-button").is_visible()
+    # The live preview sits above the form here, the prompt far above the button: whichever
+    # the person needs next is brought into sight when they press it.
+    page.fill("#id_prompt", "circle " * 400)
+    page.locator("#generate-button").click()
+    page.locator('[data-error-for="prompt"]').wait_for()
+    assert not page.evaluate(IN_SIGHT, "#generate-button")  # the page did move
+    assert page.evaluate("document.activeElement.id") == "id_prompt"
+    assert page.evaluate(IN_SIGHT, '[data-error-for="prompt"]')
+    page.fill("#id_prompt", "a red circle")
+    page.locator("#generate-button").click()
+    page.locator("#cancel-button").wait_for()
+    page.wait_for_function(IN_SIGHT, arg=".live")
+    assert not page.evaluate(IN_SIGHT, "#generate-button")
+    page.locator("#cancel-button").click()  # no worker runs here: the queued job ends now
+    page.wait_for_function("document.getElementById('status-text').textContent === 'Canceled'")
     context.close()
