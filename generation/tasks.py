@@ -8,16 +8,19 @@ from . import runner, services
 from .models import Job
 from .workers import broker_backlog
 
-WORKER_NAME = socket.gethostname()
-
 
 # The job's row is its result: nobody reads a Celery result, and storing one (and, on
 # submit, subscribing to it) would cost every job a few Redis round trips.
-@shared_task(name="generation.run_job", ignore_result=True)
-def run_job(job_id: str | None = None) -> str:
+@shared_task(name="generation.run_job", ignore_result=True, bind=True)
+def run_job(self, job_id: str | None = None) -> str:
     """Run the next job in fair order. `job_id` names the job this message was sent for;
-    the worker may run another (DESIGN §3), and every message runs at most one job."""
-    job = services.job_claim_next(worker=WORKER_NAME)
+    the worker may run another (DESIGN §3), and every message runs at most one job.
+
+    The job records the worker's node name (`gpu0@host`), the name the staff page lists
+    among the workers that are up: a host runs one worker per GPU, so the host's name alone
+    would not say which one has the job."""
+    worker = self.request.hostname or socket.gethostname()  # no node name when run eagerly
+    job = services.job_claim_next(worker=worker)
     if job is None:
         return "no job waiting"
     return runner.run(job)

@@ -154,6 +154,7 @@ class Worker:
         self.queues = f"{settings.STUDIO_QUEUE},maintenance,celery"
         self.proc: subprocess.Popen | None = None
         self.log = ROOT / ".run" / f"test-worker-{os.getpid()}.log"
+        self.name = f"test-{os.getpid()}@{socket.gethostname()}"  # Celery's node name for it
 
     def start(self):
         self.log.parent.mkdir(exist_ok=True)
@@ -164,7 +165,7 @@ class Worker:
         cmd = [
             *self.celery, "-A", "studio", "worker", "--loglevel=INFO",
             "--concurrency=1", "--prefetch-multiplier=1", f"--queues={self.queues}",
-            "--without-gossip", "--without-mingle", f"--hostname=test-{os.getpid()}@%h",
+            "--without-gossip", "--without-mingle", f"--hostname={self.name}",
         ]
         with self.log.open("wb") as out:
             # A session of its own, so a test can kill -9 the whole worker (parent and child).

@@ -79,6 +79,7 @@ def test_submit_streams_every_step_then_succeeds_with_images(
     assert png.status_code == 200 and png.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
     job.refresh_from_db()
     assert job.outputs.count() == 2 and job.trajectory
+    assert job.worker == celery_worker.name  # as the staff page lists the workers that are up
 
 
 def test_cancel_mid_run(studio_server, celery_worker, alice, tiny):
