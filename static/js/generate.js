@@ -1,5 +1,6 @@
 // The generate page: submit without reloading, then watch the job over its websocket
 // (DESIGN §5): a state message on connect, a progress message per step, a final state.
+// Every unfinished job in "Recent jobs" is watched the same way, so its row never goes stale.
 // Text from the server is always set with textContent, never parsed as HTML.
 (() => {
   "use strict";
@@ -16,7 +17,10 @@
   const live = document.querySelector(".live");
   const recent = document.querySelector("#recent-jobs tbody");
   let lastSeed = JSON.parse(document.getElementById("last-seed").textContent);
-  let socket = null;
+  const FINISHED = new Set(["succeeded", "failed", "canceled"]);
+  // A socket for every unfinished job on the page: the job last submitted (`current`) drives
+  // the preview, and every one keeps its row in "Recent jobs" up to date.
+  const sockets = new Map();
   let current = null;
   let previewsDrawn = 0;
 
@@ -91,6 +95,7 @@
   });
 
   cancelButton.addEventListener("click", () => {
+    const socket = current && sockets.get(current.id);
     if (socket && socket.readyState === WebSocket.OPEN) {
       socket.send(JSON.stringify({ type: "cancel" }));
       cancelButton.disabled = true;
@@ -99,7 +104,6 @@
   });
 
   function watch(job) {
-    if (socket) socket.close();
     current = { id: job.id, startedAt: null };
     previewsDrawn = 0;
     results.replaceChildren();
@@ -111,22 +115,31 @@
     lastSeed = job.seed;
     addRecent(job);
     render(job);
-    connect(job.id);
+    follow(job.id);
   }
 
-  function connect(jobId, attempt = 0) {
+  function follow(jobId, attempt = 0) {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    socket = new WebSocket(`${scheme}://${location.host}/ws/jobs/${jobId}/`);
-    const mine = socket;
+    const socket = new WebSocket(`${scheme}://${location.host}/ws/jobs/${jobId}/`);
+    sockets.set(jobId, socket);
+    let finished = false;
     socket.onmessage = (event) => {
       const message = JSON.parse(event.data);
-      if (message.type === "state") render(message.job);
-      else if (message.type === "progress") progress(message);
+      if (message.type === "state") {
+        render(message.job);
+        finished = FINISHED.has(message.job.status);
+        if (finished) socket.close();
+      } else if (message.type === "progress") {
+        setStatus(jobId, "running");
+        progress(message);
+      }
     };
     socket.onclose = () => {
+      if (sockets.get(jobId) !== socket) return;
+      sockets.delete(jobId);
       // Reconnect while the job is unfinished: the server resends the current state.
-      if (mine === socket && current && current.id === jobId && !current.finished && attempt < 20) {
-        setTimeout(() => connect(jobId, attempt + 1), Math.min(500 * 2 ** attempt, 5000));
+      if (!finished && attempt < 20) {
+        setTimeout(() => follow(jobId, attempt + 1), Math.min(500 * 2 ** attempt, 5000));
       }
     };
   }
@@ -172,6 +185,7 @@
   }
 
   function render(job) {
+    updateRecent(job);
     if (!current || job.id !== current.id) return;
     if (job.attempt !== current.attempt) {
       current.attempt = job.attempt;  // a requeued job starts again: its steps count afresh
@@ -179,7 +193,6 @@
     }
     const wasQueued = current.status === "queued";
     current.status = job.status;
-    updateRecent(job);
     if (job.status === "queued") {
       if (!wasQueued) pollWhileQueued(job.id);
       statusText.textContent = job.queue_position === 0
@@ -222,6 +235,11 @@
     }
   }
 
+  // Jobs that were unfinished when the page was drawn are followed like new ones.
+  recent.querySelectorAll("tr[data-job]").forEach((row) => {
+    if (!FINISHED.has(row.dataset.status)) follow(row.dataset.job);
+  });
+
   function addRecent(job) {
     recent.querySelector("tr.empty")?.remove();
     const row = document.createElement("tr");
@@ -236,13 +254,24 @@
     recent.prepend(row);
   }
 
-  function updateRecent(job) {
-    const row = recent.querySelector(`tr[data-job="${CSS.escape(job.id)}"]`);
-    if (!row) return;
+  function rowOf(jobId) {
+    return recent.querySelector(`tr[data-job="${CSS.escape(jobId)}"]`);
+  }
+
+  function setStatus(jobId, status) {
+    const row = rowOf(jobId);
+    if (!row || row.dataset.status === status) return;
+    row.dataset.status = status;
     const badge = document.createElement("span");
-    badge.className = `badge ${job.status}`;
-    badge.textContent = job.status[0].toUpperCase() + job.status.slice(1);
+    badge.className = `badge ${status}`;
+    badge.textContent = status[0].toUpperCase() + status.slice(1);
     row.children[1].replaceChildren(badge);
+  }
+
+  function updateRecent(job) {
+    const row = rowOf(job.id);
+    if (!row) return;
+    setStatus(job.id, job.status);
     const images = row.children[3];
     images.replaceChildren(...job.images.map((image) => {
       const link = document.createElement("a");

@@ -85,3 +85,39 @@ def test_the_generate_page_works_at_phone_width(studio_server, browser, alice):
     page.locator("#cancel-button").click()  # no worker runs here: the queued job ends now
     page.wait_for_function("document.getElementById('status-text').textContent === 'Canceled'")
     context.close()
+
+
+def test_every_unfinished_job_on_the_page_keeps_its_row_up_to_date(
+    studio_server, celery_worker, page, alice
+):
+    """The preview follows the job submitted last; the job before it, and one that was still
+    running when the page was loaded, end in "Recent jobs" too, linked to their gallery pages."""
+    from playwright.sync_api import expect
+
+    from generation.models import Job
+
+    def ends_succeeded(row):
+        expect(row.locator(".badge")).to_have_text("Succeeded", timeout=60_000)
+        job = Job.objects.get(pk=row.get_attribute("data-job"))
+        expect(row.locator("a.thumb-link")).to_have_attribute(
+            "href", job.outputs.get().get_page_url()
+        )
+
+    log_in(page, studio_server, "alice")
+    rows = page.locator("#recent-jobs tbody tr[data-job]")  # the newest first
+    page.fill("#id_prompt", "a red circle on a blue background")
+    page.fill("#id_steps", "300")
+    page.get_by_role("button", name="Generate").click()
+    expect(rows).to_have_count(1)
+    page.fill("#id_steps", "20")
+    page.get_by_role("button", name="Generate").click()
+    expect(rows).to_have_count(2)
+    assert Job.objects.get(pk=rows.nth(1).get_attribute("data-job")).status != "succeeded"
+    ends_succeeded(rows.nth(1))
+    ends_succeeded(rows.nth(0))
+    page.fill("#id_steps", "400")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#status-text")).to_contain_text("Step", timeout=60_000)
+    page.reload()  # the job is running: its row is now drawn from the database
+    assert rows.nth(0).get_attribute("data-status") == "running"
+    ends_succeeded(rows.nth(0))
