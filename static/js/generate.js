@@ -1,6 +1,7 @@
 // The generate page: submit without reloading, then watch the job over its websocket
 // (DESIGN §5): a state message on connect, a progress message per step, a final state.
-// Every unfinished job in "Recent jobs" is watched the same way, so its row never goes stale.
+// Every unfinished job in "Recent jobs" is watched the same way, so its row never goes stale,
+// and each has a cancel button there; after a reload the preview picks up the running job.
 // Text from the server is always set with textContent, never parsed as HTML.
 (() => {
   "use strict";
@@ -21,6 +22,7 @@
   // A socket for every unfinished job on the page: the job last submitted (`current`) drives
   // the preview, and every one keeps its row in "Recent jobs" up to date.
   const sockets = new Map();
+  const done = new Set();  // jobs seen finished: their sockets are closed, not reconnected
   let current = null;
   let previewsDrawn = 0;
 
@@ -104,31 +106,35 @@
   });
 
   function watch(job) {
-    current = { id: job.id, startedAt: null };
-    previewsDrawn = 0;
-    results.replaceChildren();
-    preview.hidden = true;
-    previewEmpty.hidden = false;
-    bar.style.width = "0%";
-    cancelButton.hidden = false;
-    cancelButton.disabled = false;
+    show(job.id);
     lastSeed = job.seed;
     addRecent(job);
     render(job);
     follow(job.id);
   }
 
+  // Point the live panel at a job; its next state or progress message draws it.
+  function show(jobId) {
+    current = { id: jobId, startedAt: null };
+    previewsDrawn = 0;
+    results.replaceChildren();
+    preview.hidden = true;
+    previewEmpty.hidden = false;
+    bar.style.width = "0%";
+    statusText.textContent = "Connecting…";
+    eta.textContent = "";
+    cancelButton.hidden = false;
+    cancelButton.disabled = false;
+  }
+
   function follow(jobId, attempt = 0) {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const socket = new WebSocket(`${scheme}://${location.host}/ws/jobs/${jobId}/`);
     sockets.set(jobId, socket);
-    let finished = false;
     socket.onmessage = (event) => {
       const message = JSON.parse(event.data);
       if (message.type === "state") {
         render(message.job);
-        finished = FINISHED.has(message.job.status);
-        if (finished) socket.close();
       } else if (message.type === "progress") {
         setStatus(jobId, "running");
         progress(message);
@@ -138,7 +144,7 @@
       if (sockets.get(jobId) !== socket) return;
       sockets.delete(jobId);
       // Reconnect while the job is unfinished: the server resends the current state.
-      if (!finished && attempt < 20) {
+      if (!done.has(jobId) && attempt < 20) {
         setTimeout(() => follow(jobId, attempt + 1), Math.min(500 * 2 ** attempt, 5000));
       }
     };
@@ -186,6 +192,10 @@
 
   function render(job) {
     updateRecent(job);
+    if (FINISHED.has(job.status) && !done.has(job.id)) {
+      done.add(job.id);
+      sockets.get(job.id)?.close();
+    }
     if (!current || job.id !== current.id) return;
     if (job.attempt !== current.attempt) {
       current.attempt = job.attempt;  // a requeued job starts again: its steps count afresh
@@ -235,10 +245,32 @@
     }
   }
 
-  // Jobs that were unfinished when the page was drawn are followed like new ones.
-  recent.querySelectorAll("tr[data-job]").forEach((row) => {
-    if (!FINISHED.has(row.dataset.status)) follow(row.dataset.job);
+  // Cancel from a row of "Recent jobs": a queued job ends at once, a running one within a
+  // step. The answer is the job's state, drawn like a socket's.
+  recent.addEventListener("click", async (event) => {
+    const button = event.target.closest("button[data-cancel]");
+    if (!button) return;
+    button.disabled = true;
+    try {
+      const response = await fetch(`/jobs/${button.dataset.cancel}/cancel/`, {
+        method: "POST",
+        headers: { Accept: "application/json", "X-CSRFToken": form.elements.csrfmiddlewaretoken.value },
+      });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      render((await response.json()).job);
+    } catch (err) {
+      button.disabled = false;
+      button.title = "Could not cancel: retry.";
+    }
   });
+
+  // Jobs that were unfinished when the page was drawn are followed like new ones, and the
+  // live panel shows the one running (else the newest waiting), as before the reload.
+  const unfinished = [...recent.querySelectorAll("tr[data-job]")]
+    .filter((row) => !FINISHED.has(row.dataset.status));
+  const resumed = unfinished.find((row) => row.dataset.status === "running") || unfinished[0];
+  if (resumed) show(resumed.dataset.job);
+  unfinished.forEach((row) => follow(row.dataset.job));
 
   function addRecent(job) {
     recent.querySelector("tr.empty")?.remove();
@@ -250,6 +282,12 @@
       return td;
     });
     cells[0].className = "prompt-cell";
+    cells[1].className = "status-cell";
+    const cancel = Object.assign(document.createElement("button"), {
+      type: "button", className: "button small danger", textContent: "Cancel",
+    });
+    cancel.dataset.cancel = job.id;
+    cells[1].append(cancel);
     row.append(...cells);
     recent.prepend(row);
   }
@@ -265,7 +303,11 @@
     const badge = document.createElement("span");
     badge.className = `badge ${status}`;
     badge.textContent = status[0].toUpperCase() + status.slice(1);
-    row.children[1].replaceChildren(badge);
+    const cell = row.children[1];
+    const old = cell.querySelector(".badge");
+    if (old) old.replaceWith(badge);
+    else cell.prepend(badge);
+    if (FINISHED.has(status)) cell.querySelector("button[data-cancel]")?.remove();
   }
 
   function updateRecent(job) {

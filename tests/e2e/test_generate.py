@@ -121,3 +121,35 @@ def test_every_unfinished_job_on_the_page_keeps_its_row_up_to_date(
     page.reload()  # the job is running: its row is now drawn from the database
     assert rows.nth(0).get_attribute("data-status") == "running"
     ends_succeeded(rows.nth(0))
+
+
+def test_after_a_reload_the_panel_resumes_the_running_job_and_rows_cancel(
+    studio_server, celery_worker, page, alice
+):
+    from playwright.sync_api import expect
+
+    from generation.models import Job
+
+    log_in(page, studio_server, "alice")
+    rows = page.locator("#recent-jobs tbody tr[data-job]")  # the newest first
+    page.fill("#id_prompt", "a red circle on a blue background")
+    page.fill("#id_steps", "1000")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#status-text")).to_contain_text("Step", timeout=60_000)
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#status-text")).to_contain_text("Queued")
+    page.reload()
+    # The panel picks up the running job, the older of the two, not the newest.
+    expect(page.locator("#status-text")).to_contain_text("Step")
+    expect(page.locator("#preview")).to_be_visible()
+    assert page.locator("#cancel-button").is_visible()
+    queued, running = rows.nth(0), rows.nth(1)
+    queued.locator("button[data-cancel]").click()
+    expect(queued.locator(".badge")).to_have_text("Canceled")
+    expect(queued.locator("button[data-cancel]")).to_have_count(0)
+    expect(running.locator(".badge")).to_have_text("Running")
+    page.locator("#cancel-button").click()
+    expect(page.locator("#status-text")).to_have_text("Canceled", timeout=30_000)
+    expect(running.locator(".badge")).to_have_text("Canceled")
+    ids = [queued.get_attribute("data-job"), running.get_attribute("data-job")]
+    assert set(Job.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"canceled"}
