@@ -55,6 +55,13 @@ class Job(models.Model):
         return self.status in self.FINISHED
 
     @property
+    def heartbeat_age(self) -> int | None:
+        """Whole seconds since the worker last reported on this job (the staff page shows it)."""
+        if self.heartbeat is None:
+            return None
+        return int((timezone.now() - self.heartbeat).total_seconds())
+
+    @property
     def group_name(self) -> str:
         """The channel-layer group its progress is broadcast to."""
         return f"job.{self.pk}"

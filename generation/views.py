@@ -1,5 +1,6 @@
 """Pages and JSON endpoints of the generate flow. Thin: rules live in services."""
 
+from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, JsonResponse
@@ -72,5 +73,6 @@ def staff_queue(request):
         "workers": worker_summary(),
         "queues": services.queue_summary(),
         "running": Job.objects.filter(status=Job.Status.RUNNING).select_related("owner"),
+        "heartbeat_timeout": settings.STUDIO_HEARTBEAT_TIMEOUT,
     }
     return render(request, "generation/staff.html", context)

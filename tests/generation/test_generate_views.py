@@ -1,8 +1,14 @@
 """The generate page's HTTP side: validation by field, limits, the blocklist, staff queue."""
 
-import pytest
-from django.urls import reverse
+import re
+from datetime import timedelta
 
+import pytest
+from django.conf import settings
+from django.urls import reverse
+from django.utils import timezone
+
+from generation import services
 from generation.models import BlockedPhrase, Job
 
 pytestmark = pytest.mark.django_db
@@ -96,6 +102,31 @@ def test_the_staff_queue_page_shows_the_queue_per_user(client, alice, admin, tin
     page = client.get(reverse("staff_queue"))
     assert page.status_code == 200
     assert page.context["queues"] == [{"owner__username": "alice", "queued": 2, "running": 0}]
+
+
+def test_the_staff_queue_page_shows_each_heartbeats_age_and_marks_a_stale_one(
+    client, alice, admin, tiny
+):
+    client.force_login(alice)
+    post(client)
+    post(client)
+    now = timezone.now()
+    fresh = services.job_claim_next(worker="gpu0@host")
+    stale = services.job_claim_next(worker="gpu1@host")
+    Job.objects.filter(pk=fresh.pk).update(heartbeat=now - timedelta(seconds=7))
+    Job.objects.filter(pk=stale.pk).update(
+        heartbeat=now - timedelta(seconds=settings.STUDIO_HEARTBEAT_TIMEOUT + 30)
+    )
+    client.force_login(admin)
+    page = client.get(reverse("staff_queue")).content.decode()
+    ages = re.findall(r"<td( class=\"stale\"[^>]*)?>(\d+) s ago</td>", page)
+    # The page is drawn a moment after `now`: allow it a second.
+    timeout = settings.STUDIO_HEARTBEAT_TIMEOUT
+    stale_by_age = {int(age): bool(stale) for stale, age in ages}
+    fresh_age, stale_age = sorted(stale_by_age)
+    assert fresh_age in (7, 8) and not stale_by_age[fresh_age]
+    assert stale_age in (timeout + 30, timeout + 31) and stale_by_age[stale_age]
+    assert "gpu0@host" in page and "gpu1@host" in page
 
 
 def test_a_nul_character_in_the_prompt_is_a_field_error(client, alice, tiny):
