@@ -252,9 +252,9 @@
     if (!button) return;
     button.disabled = true;
     try {
+      const token = form.elements.csrfmiddlewaretoken.value;
       const response = await fetch(`/jobs/${button.dataset.cancel}/cancel/`, {
-        method: "POST",
-        headers: { Accept: "application/json", "X-CSRFToken": form.elements.csrfmiddlewaretoken.value },
+        method: "POST", headers: { Accept: "application/json", "X-CSRFToken": token },
       });
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       render((await response.json()).job);
