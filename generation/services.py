@@ -291,6 +291,15 @@ def jobs_reap(*, broker_backlog: int) -> ReapReport:
 # --- Reads for pages ----------------------------------------------------------------------
 
 
+def jobs_for_page(*, user, finished: int = 10) -> list[Job]:
+    """The user's jobs for "Recent jobs", newest first: every unfinished one (each can still be
+    canceled there, and at most STUDIO_MAX_QUEUED_PER_USER wait) and the latest `finished`."""
+    jobs = Job.objects.filter(owner=user).prefetch_related("outputs").order_by("-queued_at")
+    unfinished = list(jobs.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]))
+    ended = list(jobs.filter(status__in=Job.FINISHED)[:finished])
+    return sorted([*unfinished, *ended], key=lambda job: job.queued_at, reverse=True)
+
+
 def queue_position(job: Job) -> int | None:
     """How many queued jobs will start before this one (0: it is next), or None if it is
     not queued. Exact for the fair order at this moment; later arrivals can change it."""

@@ -15,9 +15,7 @@ from .workers import worker_summary
 
 @login_required
 def generate(request):
-    recent = (
-        Job.objects.filter(owner=request.user).prefetch_related("outputs").order_by("-queued_at")
-    )[:10]
+    recent = services.jobs_for_page(user=request.user)
     last = recent[0].recipe.get("seed") if recent else None
     context = {
         "initial": recipes.form_initial(request.GET),

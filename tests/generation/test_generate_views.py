@@ -104,6 +104,30 @@ def test_the_staff_queue_page_shows_the_queue_per_user(client, alice, admin, tin
     assert page.context["queues"] == [{"owner__username": "alice", "queued": 2, "running": 0}]
 
 
+def test_recent_jobs_lists_every_unfinished_job_and_the_latest_ten_finished(
+    client, alice, bob, tiny
+):
+    client.force_login(alice)
+    for _ in range(14):
+        post(client)
+    oldest = Job.objects.order_by("queued_at").values_list("pk", flat=True)[:12]
+    Job.objects.filter(pk__in=list(oldest)).update(status=Job.Status.SUCCEEDED)
+    client.force_login(bob)
+    post(client)
+    client.force_login(alice)
+    recent = client.get(reverse("generate")).context["recent_jobs"]
+    statuses = [job.status for job in recent]
+    assert statuses == ["queued"] * 2 + ["succeeded"] * 10
+    assert [job.queued_at for job in recent] == sorted(
+        (job.queued_at for job in recent), reverse=True
+    )
+    Job.objects.filter(owner=alice, status=Job.Status.SUCCEEDED).update(
+        queued_at=timezone.now() + timedelta(minutes=1)
+    )
+    recent = client.get(reverse("generate")).context["recent_jobs"]
+    assert [job.status for job in recent] == ["succeeded"] * 10 + ["queued"] * 2
+
+
 def test_the_staff_queue_page_shows_each_heartbeats_age_and_marks_a_stale_one(
     client, alice, admin, tiny
 ):
