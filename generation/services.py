@@ -295,7 +295,7 @@ def jobs_for_page(*, user, finished: int = 10) -> list[Job]:
     """The user's jobs for "Recent jobs", newest first: every unfinished one (each can still be
     canceled there, and at most STUDIO_MAX_QUEUED_PER_USER wait) and the latest `finished`."""
     jobs = Job.objects.filter(owner=user).prefetch_related("outputs").order_by("-queued_at")
-    unfinished = list(jobs.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]))
+    unfinished = list(jobs.exclude(status__in=Job.FINISHED))
     ended = list(jobs.filter(status__in=Job.FINISHED)[:finished])
     return sorted([*unfinished, *ended], key=lambda job: job.queued_at, reverse=True)
 

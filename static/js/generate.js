@@ -22,7 +22,6 @@
   // A socket for every unfinished job on the page: the job last submitted (`current`) drives
   // the preview, and every one keeps its row in "Recent jobs" up to date.
   const sockets = new Map();
-  const done = new Set();  // jobs seen finished: their sockets are closed, not reconnected
   let current = null;
   let previewsDrawn = 0;
 
@@ -143,8 +142,8 @@
     socket.onclose = () => {
       if (sockets.get(jobId) !== socket) return;
       sockets.delete(jobId);
-      // Reconnect while the job is unfinished: the server resends the current state.
-      if (!done.has(jobId) && attempt < 20) {
+      // Reconnect while the job's row says it is unfinished: the server resends the state.
+      if (!FINISHED.has(rowOf(jobId)?.dataset.status) && attempt < 20) {
         setTimeout(() => follow(jobId, attempt + 1), Math.min(500 * 2 ** attempt, 5000));
       }
     };
@@ -192,10 +191,7 @@
 
   function render(job) {
     updateRecent(job);
-    if (FINISHED.has(job.status) && !done.has(job.id)) {
-      done.add(job.id);
-      sockets.get(job.id)?.close();
-    }
+    if (FINISHED.has(job.status)) sockets.get(job.id)?.close();
     if (!current || job.id !== current.id) return;
     if (job.attempt !== current.attempt) {
       current.attempt = job.attempt;  // a requeued job starts again: its steps count afresh
