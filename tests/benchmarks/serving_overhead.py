@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import socket
 import statistics
 import subprocess
@@ -32,6 +33,13 @@ PROMPT = "a red circle on a blue background"
 
 def setup_django() -> None:
     os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
+    # Production settings, as docker/compose.yaml runs them, not the development defaults:
+    # DEBUG formats and keeps every query it runs. The TLS settings are off because this
+    # talks plain HTTP on loopback, where in production a proxy terminates TLS.
+    os.environ.update(
+        DEBUG="0", SECRET_KEY=secrets.token_urlsafe(50), SECURE_SSL_REDIRECT="0",
+        SESSION_COOKIE_SECURE="0", CSRF_COOKIE_SECURE="0", SECURE_HSTS_SECONDS="0",
+    )
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/14")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["DJANGO_SETTINGS_MODULE"] = "studio.settings"
