@@ -52,6 +52,19 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(await database_sync_to_async(self.current_state)())
 
     # Group messages from the worker, relayed as they are.
+    async def dispatch(self, message):
+        """Relay the worker's messages straight away. Channels closes the thread's expired
+        database connections before every handler, a round trip to a worker thread that
+        these handlers, which never touch the database, do not need: it came with every
+        step of every watched job. The handlers that do use the database go through
+        `database_sync_to_async`, which closes them itself."""
+        relay = {"job.progress": self.job_progress, "job.state": self.job_state}
+        handler = relay.get(message["type"])
+        if handler is None:
+            await super().dispatch(message)
+        else:
+            await handler(message)
+
     async def job_progress(self, event):
         await self.send_json(progress_message(event))
 
