@@ -70,6 +70,27 @@ def start(cmd: list[str], log: Path) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT)
 
 
+def start_services() -> tuple[subprocess.Popen, subprocess.Popen, int]:
+    """The web server (uvicorn) and one Celery worker on this database; their logs go to
+    .run/bench-*.log. Returns both processes and the web server's port."""
+    port = free_port()
+    logs = ROOT / ".run"
+    logs.mkdir(exist_ok=True)
+    web = start([sys.executable, "-m", "uvicorn", "studio.asgi:application", "--port", str(port),
+                 "--ws", "websockets-sansio", "--log-level", "warning"], logs / "bench-web.log")
+    worker = start([sys.executable, "-m", "celery", "-A", "studio", "worker", "--concurrency=1",
+                    "--queues=generation", "--loglevel=WARNING", "-n", "bench@%h"],
+                   logs / "bench-worker.log")
+    return web, worker, port
+
+
+def stop_services(*processes: subprocess.Popen) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait()
+
+
 def wait_http(url: str, timeout: float = 60) -> None:
     import urllib.request
 
@@ -180,14 +201,7 @@ def main() -> None:
 
     user = get_user_model().objects.create_user("bench", password="bench-password-123")
     token = token_create(user=user, name="bench")[1]
-    port = free_port()
-    logs = ROOT / ".run"
-    logs.mkdir(exist_ok=True)
-    web = start([sys.executable, "-m", "uvicorn", "studio.asgi:application", "--port", str(port),
-                 "--ws", "websockets-sansio", "--log-level", "warning"], logs / "bench-web.log")
-    worker = start([sys.executable, "-m", "celery", "-A", "studio", "worker", "--concurrency=1",
-                    "--queues=generation", "--loglevel=WARNING", "-n", "bench@%h"],
-                   logs / "bench-worker.log")
+    web, worker, port = start_services()
     try:
         base, ws_base = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"
         wait_http(f"{base}/healthz")
@@ -210,10 +224,7 @@ def main() -> None:
                   f"first preview {first_ms:.0f} ms after start; served: "
                   + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
     finally:
-        web.terminate()
-        worker.terminate()
-        web.wait()
-        worker.wait()
+        stop_services(web, worker)
     ratio = statistics.median(served) / statistics.median(bare)
     print(f"median engine call {statistics.median(bare) * 1000:.0f} ms, "
           f"median submit-to-stored {statistics.median(served) * 1000:.0f} ms, ratio {ratio:.3f}")
