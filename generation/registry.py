@@ -27,6 +27,16 @@ def default_name() -> str:
     return getattr(settings, "STUDIO_DEFAULT_MODEL", None) or next(iter(models()))
 
 
+def default_source() -> str:
+    """The default model's source, read from the settings alone: they name the default model
+    (studio/settings.py refuses one they don't), and a worker process asks before it may use
+    the database (generation.runner.preload)."""
+    name = default_name()
+    if name == settings.STUDIO_DEMO_MODEL_NAME:
+        return str(settings.STUDIO_DEMO_MODEL_PATH)
+    return settings.STUDIO_MODELS[name]
+
+
 def get(name: str) -> engine.ModelRef | None:
     """The model called ``name``, with the hash of its weights; None if no model has it.
 

@@ -1,6 +1,7 @@
 """Runs one claimed job on this worker: the glue between a Job row and the engine."""
 
 import logging
+import time
 from dataclasses import replace
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -59,13 +60,19 @@ def announce(job: Job, outputs=None) -> None:
 
 
 def _generate(job: Job, steps: sidecar.SidecarRun) -> tuple[engine.Result, list[dict]]:
-    """The engine's result, and the trajectory frames the sidecar kept."""
+    """The engine's result, and the trajectory frames the sidecar kept. Its timings include
+    `model_load`: the seconds this job waited for the model's pipeline to load, 0 when this
+    worker had it loaded already (the default model from the worker's start, see preload)."""
     recipe = engine.Recipe.from_json(job.recipe)
     if recipe.threads is None:
         recipe = replace(recipe, threads=registry.threads())
     device, dtype = registry.device()
     try:
-        pipeline = engine.load_pipeline(recipe.model.source, device=device, dtype=dtype)
+        source = recipe.model.source
+        loaded = engine.pipeline_loaded(source, device=device, dtype=dtype)
+        started = time.perf_counter()
+        pipeline = engine.load_pipeline(source, device=device, dtype=dtype)
+        model_load = 0.0 if loaded else time.perf_counter() - started
         result = engine.generate(
             recipe, pipeline=pipeline, on_step=steps.step, should_cancel=steps.should_stop
         )
@@ -73,7 +80,32 @@ def _generate(job: Job, steps: sidecar.SidecarRun) -> tuple[engine.Result, list[
         # Every step sent is reported and its heartbeat written before the job is finished,
         # so none can come after, and no step follows the final state.
         trajectory = steps.end()
+    result.timings["model_load"] = model_load
     return result, trajectory
+
+
+def preload() -> None:
+    """Make this worker process ready for its first job before it takes one: start its
+    sidecar, load the default model's pipeline and hash its weights (every run checks the
+    hash, and hashing a real model's gigabytes takes seconds the first time). A GPU worker
+    process calls this as it starts (generation/tasks.py).
+
+    The sidecar is forked first, from a process that holds no model, no CUDA context and no
+    database connection yet. Nothing here uses the database: Celery closes the connections a
+    worker process inherited after this runs. A model that fails to load is logged; each job
+    that asks for it then fails with the reason."""
+    sidecar.get().start()
+    name, source = registry.default_name(), registry.default_source()
+    device, dtype = registry.device()
+    started = time.perf_counter()
+    try:
+        engine.load_pipeline(source, device=device, dtype=dtype)
+        engine.weights_hash(source)
+    except Exception:
+        log.exception("could not preload the default model %r (%s)", name, source)
+        return
+    log.info("preloaded the default model %r on %s in %.1f s",
+             name, device, time.perf_counter() - started)
 
 
 def _finish(job: Job, result, trajectory: list) -> list | None:

@@ -8,8 +8,9 @@ interpreter lock and made a one-thread run of the demo model 12-14% slower than 
 engine call; from the sidecar, 5-6% (tests/benchmarks/step_costs.py). The loop pays for
 pickling a few kilobytes into a socket, and the work runs on another core.
 
-The sidecar is forked from the worker process on its first job, so it starts at once and
-shares the imported code. It serves one job at a time over a socket pair:
+The sidecar is forked from the worker process as that starts (generation/runner.preload) or
+on its first job, so it starts at once and shares the imported code. It serves one job at
+a time over a socket pair:
 
     worker -> sidecar   ("begin", job fields) ("step", step, total, preview, elapsed)... ("end",)
     sidecar -> worker   ("stop",) once, if the job was canceled or reaped meanwhile
@@ -58,9 +59,13 @@ class Sidecar:
         self.pid: int | None = None
         self.conn: Connection | None = None
 
-    def begin(self, job: Job) -> "SidecarRun":
+    def start(self) -> None:
+        """Fork the sidecar unless it is running; `begin` does this too, when it must."""
         if not self._alive():
             self._start()
+
+    def begin(self, job: Job) -> "SidecarRun":
+        self.start()
         every = max(1, math.ceil(job.total_steps / TRAJECTORY_FRAMES))
         self.conn.send(("begin", {
             "job_id": str(job.pk), "attempt": job.attempt, "group": job.group_name,

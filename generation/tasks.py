@@ -2,7 +2,8 @@
 
 import socket
 
-from celery import shared_task
+from celery import current_app, shared_task, signals
+from django.conf import settings
 
 from . import runner, services
 from .models import Job
@@ -24,6 +25,16 @@ def run_job(self, job_id: str | None = None) -> str:
     if job is None:
         return "no job waiting"
     return runner.run(job)
+
+
+@signals.worker_process_init.connect
+def preload(**kwargs) -> None:
+    """A worker process that runs jobs gets the default model ready before it takes one, so
+    no job waits for it. Celery waits CELERY_WORKER_PROC_ALIVE_TIMEOUT for this, and sends
+    the process no task meanwhile. The scheduler's worker runs no jobs and skips it."""
+    runs_jobs = settings.STUDIO_QUEUE in current_app.amqp.queues.consume_from
+    if settings.STUDIO_WORKER_PRELOAD and runs_jobs:
+        runner.preload()
 
 
 @shared_task(name="generation.reap_jobs")

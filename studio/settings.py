@@ -239,6 +239,11 @@ STUDIO_MODELS = parse_models(os.environ.get("STUDIO_MODELS", ""))
 STUDIO_DEFAULT_MODEL = os.environ.get("STUDIO_DEFAULT_MODEL", STUDIO_DEMO_MODEL_NAME)
 if STUDIO_DEFAULT_MODEL not in (STUDIO_DEMO_MODEL_NAME, *STUDIO_MODELS):
     raise ImproperlyConfigured(f"STUDIO_DEFAULT_MODEL {STUDIO_DEFAULT_MODEL!r} is not a model")
+# Each GPU worker process loads the default model as it starts, before it takes a job
+# (generation.runner.preload). Celery gives a new worker process 4 s to start by default;
+# loading a real model from disk, or the hub the first time, can take minutes.
+STUDIO_WORKER_PRELOAD = envbool("STUDIO_WORKER_PRELOAD", True)
+CELERY_WORKER_PROC_ALIVE_TIMEOUT = envint("STUDIO_WORKER_START_TIMEOUT", 600)
 
 LOGGING = {
     "version": 1,

@@ -149,8 +149,10 @@ def database_url() -> str:
 class Worker:
     """A real `celery worker` process on the real Redis, pointed at the test database."""
 
-    def __init__(self, celery: tuple[str, ...] = (sys.executable, "-m", "celery")):
+    def __init__(self, celery: tuple[str, ...] = (sys.executable, "-m", "celery"),
+                 env: dict | None = None):
         self.celery = celery  # the command that runs Celery's own command line
+        self.env = env or {}  # settings of its own, as environment variables
         self.queues = f"{settings.STUDIO_QUEUE},maintenance,celery"
         self.proc: subprocess.Popen | None = None
         self.log = ROOT / ".run" / f"test-worker-{os.getpid()}.log"
@@ -160,7 +162,7 @@ class Worker:
         self.log.parent.mkdir(exist_ok=True)
         env = dict(
             os.environ, DATABASE_URL=database_url(), STUDIO_QUEUE=settings.STUDIO_QUEUE,
-            HF_HUB_OFFLINE="1",
+            HF_HUB_OFFLINE="1", **self.env,
         )
         cmd = [
             *self.celery, "-A", "studio", "worker", "--loglevel=INFO",

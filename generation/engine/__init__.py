@@ -13,6 +13,7 @@ Recipes (``recipe.py``, ``validation.py``)
 Models (``models.py``)
     resolve_device(setting) -> (device, dtype) cuda: bf16/fp16 + SDPA; cpu: fp32
     load_pipeline(source, *, device, dtype)    cached per (source, device, dtype); safetensors
+    pipeline_loaded(source, *, device, dtype)  whether load_pipeline has it cached already
     weights_hash(source)                       sha256 of the weight files, cached by mtime
     load_spec(source) -> ModelSpec             limits and tokenizer, without the weights
     ModelLoadError, StudioPipeline
@@ -45,6 +46,7 @@ from .models import (
     StudioPipeline,
     load_pipeline,
     load_spec,
+    pipeline_loaded,
     resolve_device,
     weights_hash,
 )
@@ -110,6 +112,7 @@ __all__ = [
     "load_spec",
     "make_scheduler",
     "parse_parameters",
+    "pipeline_loaded",
     "png_with_recipe",
     "random_seed",
     "read_png",

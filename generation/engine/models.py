@@ -70,6 +70,12 @@ def load_pipeline(source: str, *, device: torch.device | str, dtype: torch.dtype
         return _pipelines[key]
 
 
+def pipeline_loaded(source: str, *, device: torch.device | str, dtype: torch.dtype) -> bool:
+    """Whether ``load_pipeline`` holds this pipeline already, and so returns it at once."""
+    with _pipelines_lock:
+        return (source, str(device), dtype) in _pipelines
+
+
 def _load(source: str, device: torch.device, dtype: torch.dtype) -> StudioPipeline:
     try:
         pipe = StudioPipeline.from_pretrained(

@@ -8,6 +8,7 @@ import signal
 import time
 
 import pytest
+from django.conf import settings
 from django.db import connection
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -16,7 +17,7 @@ from generation import broadcast, recipes, services
 from generation.models import Job
 from generation.workers import broker_backlog
 from studio.services import token_create
-from tests.conftest import run_async
+from tests.conftest import Worker, run_async
 
 STEPS = 6
 
@@ -188,6 +189,31 @@ def test_a_killed_worker_job_is_redelivered_and_finishes_exactly_once(
     assert wait_for(lambda: Job.objects.get(pk=job.pk).status == "succeeded", timeout=120)
     job.refresh_from_db()
     assert job.attempt == 2 and job.outputs.count() == 1
+
+
+def run_to_the_end(job: Job) -> Job:
+    assert wait_for(lambda: Job.objects.get(pk=job.pk).status in Job.FINISHED, timeout=120)
+    job.refresh_from_db()
+    assert job.status == "succeeded", job.error
+    return job
+
+
+def test_a_worker_loads_the_default_model_before_its_first_job(celery_worker, alice, tiny):
+    default = run_to_the_end(submit(alice, settings.STUDIO_DEFAULT_MODEL, width=64, height=64))
+    other = run_to_the_end(submit(alice, tiny))
+    assert default.timings["model_load"] == 0  # no job waited for the default model
+    assert other.timings["model_load"] > 0  # any other model loads for its first job
+    assert "preloaded the default model 'studio-demo'" in celery_worker.log.read_text()
+
+
+def test_without_preload_the_first_job_loads_the_default_model(transactional_db, alice):
+    worker = Worker(env={"STUDIO_WORKER_PRELOAD": "0"})
+    worker.start()
+    try:
+        job = run_to_the_end(submit(alice, settings.STUDIO_DEFAULT_MODEL, width=64, height=64))
+    finally:
+        worker.stop()
+    assert job.timings["model_load"] > 0
 
 
 def drop_other_connections() -> int:
