@@ -26,10 +26,16 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
 
     def catch_up(self) -> list[dict]:
         """The current state, and while the job runs, its latest step with its preview: a
-        client that connects mid-run draws the picture now, not a step later."""
+        client that connects mid-run draws the picture now, not a step later. Before its
+        first step, the state says whether it waits for its model to load."""
         state = self.current_state()
         latest = services.job_latest_step(self.job)
-        return [state] if latest is None else [state, progress_message(latest)]
+        if latest is None:
+            return [state]
+        if latest["type"] == "job.state":  # runner.announce_loading's
+            state["job"]["loading_model"] = latest["job"]["loading_model"]
+            return [state]
+        return [state, progress_message(latest)]
 
     def current_state(self) -> dict:
         self.job.refresh_from_db()

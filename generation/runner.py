@@ -59,6 +59,18 @@ def announce(job: Job, outputs=None) -> None:
         log.warning("could not announce job %s: %s", job.pk, exc)
 
 
+def announce_loading(job: Job, model: str) -> None:
+    """Tell the job's watchers that it runs but waits for its model to load: a real model
+    takes seconds, sometimes longer than all the steps. Kept as the job's latest message
+    until its first step replaces it, so a watcher who connects meanwhile hears it too."""
+    try:
+        state = job_state(job) | {"loading_model": model}
+        broadcast.send(job.group_name, {"type": "job.state", "attempt": job.attempt,
+                                        "job": state}, keep=True)
+    except Exception as exc:  # only news: the run goes on
+        log.warning("could not announce job %s: %s", job.pk, exc)
+
+
 def _generate(job: Job, steps: sidecar.SidecarRun) -> tuple[engine.Result, list[dict]]:
     """The engine's result, and the trajectory frames the sidecar kept. Its timings include
     `model_load`: the seconds this job waited for the model's pipeline to load, 0 when this
@@ -70,6 +82,8 @@ def _generate(job: Job, steps: sidecar.SidecarRun) -> tuple[engine.Result, list[
     try:
         source = recipe.model.source
         loaded = engine.pipeline_loaded(source, device=device, dtype=dtype)
+        if not loaded:
+            announce_loading(job, recipe.model.name)
         started = time.perf_counter()
         pipeline = engine.load_pipeline(source, device=device, dtype=dtype)
         model_load = 0.0 if loaded else time.perf_counter() - started
@@ -92,13 +106,14 @@ def preload() -> None:
 
     The sidecar is forked first, from a process that holds no model, no CUDA context and no
     database connection yet. Nothing here uses the database: Celery closes the connections a
-    worker process inherited after this runs. A model that fails to load is logged; each job
-    that asks for it then fails with the reason."""
-    sidecar.get().start()
+    worker process inherited after this runs. A failure here is logged and the process goes
+    on: its first job starts the sidecar or loads the model again, and fails with the reason
+    if it cannot."""
     name, source = registry.default_name(), registry.default_source()
-    device, dtype = registry.device()
     started = time.perf_counter()
     try:
+        sidecar.get().start()
+        device, dtype = registry.device()
         engine.load_pipeline(source, device=device, dtype=dtype)
         engine.weights_hash(source)
     except Exception:

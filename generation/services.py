@@ -171,7 +171,8 @@ def job_progress(*, job: Job, step: int) -> bool:
 
 def job_latest_step(job: Job) -> dict | None:
     """The running job's latest step as its watchers got it (with its preview), if this
-    attempt has made one: the worker keeps it in Redis as it publishes it. A reaped attempt
+    attempt has made one: the worker keeps it in Redis as it publishes it. Before the first
+    step, the state message saying the run waits for its model, if it does. A reaped attempt
     that has not stopped yet may still publish; its steps are not this attempt's."""
     if job.status != Job.Status.RUNNING:
         return None

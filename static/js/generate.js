@@ -204,7 +204,9 @@
       statusText.textContent = job.queue_position === 0
         ? "Queued — next up" : `Queued — ${job.queue_position} ahead of you`;
     } else if (job.status === "running") {
-      statusText.textContent = `Step ${job.step} of ${job.total}`;
+      // A worker loading the job's model says so first: a real model takes seconds.
+      statusText.textContent = job.loading_model
+        ? `Loading the model “${job.loading_model}”…` : `Step ${job.step} of ${job.total}`;
     } else {
       current.finished = true;
       cancelButton.hidden = true;

@@ -13,7 +13,7 @@ from django.db import connection
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from generation import broadcast, recipes, services
+from generation import broadcast, recipes, runner, services
 from generation.models import Job
 from generation.workers import broker_backlog
 from studio.services import token_create
@@ -214,6 +214,46 @@ def test_without_preload_the_first_job_loads_the_default_model(transactional_db,
     finally:
         worker.stop()
     assert job.timings["model_load"] > 0
+
+
+def test_watchers_hear_when_a_job_waits_for_its_model_to_load(
+    studio_server, celery_queue, transactional_db, alice, tiny
+):
+    # The socket opens before any worker runs, so it hears the job from its claim on.
+    worker, job, headers = Worker(), submit(alice, tiny), bearer(alice)
+
+    async def go():
+        url = f"{studio_server.ws_url}/ws/jobs/{job.pk}/"
+        async with connect(url, additional_headers=headers, open_timeout=10) as ws:
+            messages = [json.loads(await ws.recv())]
+            await asyncio.to_thread(worker.start)
+            while not (messages[-1]["type"] == "state"
+                       and messages[-1]["job"]["status"] in Job.FINISHED):
+                messages.append(json.loads(await asyncio.wait_for(ws.recv(), 120)))
+            return messages
+
+    try:
+        first = run_async(go())
+        again = watch(studio_server, submit(alice, tiny), headers)
+    finally:
+        worker.stop()
+    assert first[0]["job"]["status"] == "queued" and first[-1]["job"]["status"] == "succeeded"
+    loading = [i for i, m in enumerate(first) if "loading_model" in m.get("job", {})]
+    assert [(first[i]["job"]["status"], first[i]["job"]["loading_model"]) for i in loading] == [
+        ("running", "tiny")
+    ]
+    assert loading[0] < first.index(progress(first)[0])  # before the first step
+    assert not any("loading_model" in m.get("job", {}) for m in again)  # loaded by then
+
+
+def test_a_watcher_connecting_while_the_model_loads_hears_so(
+    studio_server, celery_queue, alice, tiny
+):
+    submit(alice, tiny)
+    job = services.job_claim_next(worker="test")  # running, as a worker's claim leaves it
+    runner.announce_loading(job, "tiny")
+    state = watch(studio_server, job, bearer(alice), until_final=False)[0]
+    assert state["job"]["status"] == "running" and state["job"]["loading_model"] == "tiny"
 
 
 def drop_other_connections() -> int:
