@@ -12,13 +12,20 @@ from . import engine
 from .models import ModelSource
 
 
+def configured() -> dict[str, str]:
+    """{name: source} of the models the settings name: the demo model first, then
+    STUDIO_MODELS (the demo model's name cannot be taken). Reads no database."""
+    return {settings.STUDIO_DEMO_MODEL_NAME: str(settings.STUDIO_DEMO_MODEL_PATH),
+            **{name: source for name, source in settings.STUDIO_MODELS.items()
+               if name != settings.STUDIO_DEMO_MODEL_NAME}}
+
+
 def models() -> dict[str, str]:
-    """{name: source} for every known model: the demo model first, then STUDIO_MODELS, then
-    those enabled in the admin. On a name clash the earlier one wins: settings are the
-    operator's, and nobody can shadow the demo model from a web form."""
-    known = {settings.STUDIO_DEMO_MODEL_NAME: str(settings.STUDIO_DEMO_MODEL_PATH)}
-    added = ModelSource.objects.filter(enabled=True).values_list("name", "source")
-    for name, source in [*settings.STUDIO_MODELS.items(), *added]:
+    """{name: source} for every known model: those the settings name, then those enabled in
+    the admin. On a name clash the earlier one wins: settings are the operator's, and nobody
+    can shadow the demo model from a web form."""
+    known = configured()
+    for name, source in ModelSource.objects.filter(enabled=True).values_list("name", "source"):
         known.setdefault(name, source)
     return known
 
@@ -28,13 +35,10 @@ def default_name() -> str:
 
 
 def default_source() -> str:
-    """The default model's source, read from the settings alone: they name the default model
-    (studio/settings.py refuses one they don't), and a worker process asks before it may use
-    the database (generation.runner.preload)."""
-    name = default_name()
-    if name == settings.STUDIO_DEMO_MODEL_NAME:
-        return str(settings.STUDIO_DEMO_MODEL_PATH)
-    return settings.STUDIO_MODELS[name]
+    """The default model's source. The settings name the default model (studio/settings.py
+    refuses one they don't), so this reads no database: a worker process asks before it may
+    use it (generation.runner.preload)."""
+    return configured()[default_name()]
 
 
 def get(name: str) -> engine.ModelRef | None:
