@@ -87,8 +87,11 @@ def _generate(job: Job, steps: sidecar.SidecarRun) -> tuple[engine.Result, list[
         started = time.perf_counter()
         pipeline = engine.load_pipeline(source, device=device, dtype=dtype)
         model_load = 0.0 if loaded else time.perf_counter() - started
+        # Inline: handing a step to the sidecar is one send, cheaper than waking the
+        # engine's reporter thread to make it (tests/benchmarks/step_costs.py).
         result = engine.generate(
-            recipe, pipeline=pipeline, on_step=steps.step, should_cancel=steps.should_stop
+            recipe, pipeline=pipeline, on_step=steps.step, should_cancel=steps.should_stop,
+            on_step_inline=True,
         )
     finally:
         # Every step sent is reported and its heartbeat written before the job is finished,

@@ -119,8 +119,8 @@ class Sidecar:
 
 
 class SidecarRun:
-    """One job's steps, sent to the sidecar. ``step`` is called on the engine's reporter
-    thread, ``should_stop`` and ``end`` on the sampling thread; a socket carries both
+    """One job's steps, sent to the sidecar. ``step``, ``should_stop`` and ``end`` are called
+    on the sampling thread (the engine's ``on_step_inline``); a socket carries both
     directions at once."""
 
     def __init__(self, sidecar: Sidecar):

@@ -66,6 +66,7 @@ def generate(
     on_step: OnStep | None = None,
     should_cancel: ShouldCancel | None = None,
     preview: Previews | None = DEFAULT_PREVIEWS,
+    on_step_inline: bool = False,
 ) -> Result:
     """Make the recipe's images.
 
@@ -74,7 +75,10 @@ def generate(
     2. Resolve what only this run knows: the scheduler, device, dtype, threads, versions.
     3. Draw the initial noise and run the stock pipeline; after each step the callback reports
        ``on_step(step, total, preview, elapsed)`` and checks ``should_cancel()``. The preview
-       is a StepPreview: its ``render()`` gives the picture's bytes.
+       is a StepPreview: its ``render()`` gives the picture's bytes. ``on_step`` runs on a
+       reporter thread beside the sampling loop, or, with ``on_step_inline``, on the sampling
+       thread between steps: for a callback that only hands the step on (a worker sends it
+       to another process), which then costs no thread wake-up per step.
     4. Unless canceled, decode the latents: one image and one recipe per batch index.
     """
     started = time.perf_counter()
@@ -86,7 +90,8 @@ def generate(
     recipe = _with_checked_hash(recipe)
     pipe = _run_pipeline(recipe, pipeline)
     recipe = _resolved(recipe, pipe)
-    stepper = _Stepper(recipe, on_step, should_cancel, preview, _latent_rgb(recipe, pipe, preview))
+    stepper = _Stepper(recipe, on_step, should_cancel, preview, _latent_rgb(recipe, pipe, preview),
+                       on_step_inline)
     if should_cancel is not None and should_cancel():
         return Result(
             images=[], recipes=[], timings=stepper.timings(loaded - started), canceled=True
@@ -234,7 +239,8 @@ class _Stepper:
     of adding to every step. A caller with much to do per step is better off doing it in
     another process (Studio's worker does, generation/sidecar.py): a thread beside the loop
     takes turns with it at the interpreter lock, which slowed a one-thread run by 12-14%
-    (docs/engine.md).
+    (docs/engine.md). Such a caller only hands each step on, and with ``inline`` does so on
+    the sampling thread: waking the reporter for every step cost more than the hand-over.
     """
 
     def __init__(
@@ -244,13 +250,15 @@ class _Stepper:
         should_cancel: ShouldCancel | None,
         preview: Previews | None,
         latent_rgb: LatentRGB | None,
+        inline: bool = False,
     ):
         self.recipe = recipe
         self.on_step = on_step
+        self.inline = inline
         self.should_cancel = should_cancel
         self.preview = preview if on_step is not None else None
         self.latent_rgb = latent_rgb
-        self.reporter: _Reporter | None = None
+        self.reporter: _Reporter | _InlineReporter | None = None
         self.tensor_inputs = ["noise_pred", "latent_model_input"] if self.preview else []
         self.alphas_cumprod: list[float] | None = None
         self.step = 0
@@ -283,7 +291,7 @@ class _Stepper:
         if self.on_step is None:
             yield
             return
-        self.reporter = _Reporter(self.on_step)
+        self.reporter = (_InlineReporter if self.inline else _Reporter)(self.on_step)
         try:
             yield
         except BaseException:
@@ -355,3 +363,20 @@ class _Reporter:
                 self.on_step(*item)
             except BaseException as exc:  # handed to the sampling thread
                 self.failure = exc
+
+
+class _InlineReporter:
+    """``_Reporter``'s interface, calling ``on_step`` at once on the sampling thread: a
+    failure is raised from the step that made it."""
+
+    def __init__(self, on_step: OnStep):
+        self.on_step = on_step
+
+    def put(self, step: int, total: int, preview: StepPreview | None, elapsed: float) -> None:
+        self.on_step(step, total, preview, elapsed)
+
+    def raise_failure(self) -> None:
+        pass
+
+    def close(self, quietly: bool = False) -> None:
+        pass

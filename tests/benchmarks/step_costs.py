@@ -1,6 +1,7 @@
 """What a worker's per-step work costs the sampling loop, measured side by side in one process.
 
     HF_HUB_OFFLINE=1 .venv/bin/python tests/benchmarks/step_costs.py [--runs 11] [--threads N]
+        [--size 64]
 
 The serving benchmark shows how much slower sampling runs inside a worker than in a bare
 engine call; this one takes that apart. On its own database (`studio_bench`, recreated) it
@@ -10,8 +11,10 @@ alternating:
   - copies: each step's preview arrays copied and handed to a no-op callback;
   - in_process: each step drawn, published and its heartbeat written on a thread beside the
     loop, in this process (how workers did it before the sidecar);
-  - worker: each step sent to the sidecar process, as a worker's runner does it; the
-    sidecar draws, publishes and writes the heartbeat.
+  - worker: each step sent to the sidecar process from the sampling thread, as a worker's
+    runner does it (`on_step_inline`); the sidecar draws, publishes and writes the heartbeat;
+  - worker_reporter: the same, sent from the engine's reporter thread (how workers did it
+    before).
 No web server or client runs meanwhile, so what differs is the callback's own work and the
 threads and processes it wakes. The last line is the JSON object of each variant's median
 time / bare.
@@ -34,6 +37,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=11)
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (default: Studio's own choice)")
+    parser.add_argument("--size", type=int, default=64, help="width and height (default 64)")
     args = parser.parse_args()
     setup_django()
     from django.contrib.auth import get_user_model
@@ -42,8 +46,8 @@ def main() -> None:
     from generation import broadcast, engine, recipes, registry, services, sidecar
     from generation.models import Job
 
-    params = {"prompt": PROMPT, "steps": 20, "width": 64, "height": 64, "seed": 1,
-              "batch_size": 1}
+    params = {"prompt": PROMPT, "steps": 20, "width": args.size, "height": args.size,
+              "seed": 1, "batch_size": 1}
     recipe_json = recipes.recipe_from_params(params)
     recipe = replace(engine.Recipe.from_json(recipe_json),
                      threads=args.threads or registry.threads())
@@ -54,9 +58,9 @@ def main() -> None:
                              status=Job.Status.RUNNING, started_at=timezone.now(),
                              heartbeat=timezone.now())
 
-    def run(on_step=None, should_cancel=None):
+    def run(on_step=None, should_cancel=None, inline=False):
         return engine.generate(recipe, pipeline=pipeline, on_step=on_step,
-                               should_cancel=should_cancel)
+                               should_cancel=should_cancel, on_step_inline=inline)
 
     def in_process(step, total, preview, elapsed):
         broadcast.send(job.group_name, {
@@ -65,10 +69,10 @@ def main() -> None:
         }, keep=True)
         services.job_progress(job=job, step=step)
 
-    def worker():
+    def worker(inline=True):
         steps = sidecar.get().begin(job)
         try:
-            return run(steps.step, steps.should_stop)
+            return run(steps.step, steps.should_stop, inline)
         finally:
             steps.end()
 
@@ -77,6 +81,7 @@ def main() -> None:
         "copies": lambda: run(lambda *step: None),
         "in_process": lambda: run(in_process),
         "worker": worker,
+        "worker_reporter": lambda: worker(inline=False),
     }
     for variant in variants.values():  # warm-up
         variant()

@@ -1,5 +1,7 @@
 """Cancel: checked after every model call, the run stops within one step."""
 
+import threading
+
 import pytest
 
 from generation import engine
@@ -79,3 +81,33 @@ def test_every_step_reaches_on_step_in_order_before_generate_returns(make_recipe
         make_recipe(steps=9), pipeline=tiny_pipeline, on_step=lambda step, *_: seen.append(step)
     )
     assert seen == list(range(1, 10)) and len(result.images) == 1
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_on_step_runs_beside_the_loop_or_inline_on_it(make_recipe, tiny_pipeline, inline):
+    threads = []
+    engine.generate(
+        make_recipe(steps=4), pipeline=tiny_pipeline, on_step_inline=inline,
+        on_step=lambda *_: threads.append(threading.current_thread()),
+    )
+    assert len(threads) == 4
+    # generate runs the loop on its caller's thread
+    assert all((thread is threading.current_thread()) == inline for thread in threads)
+
+
+def test_a_failing_inline_on_step_stops_the_run_at_that_step(make_recipe, tiny_pipeline):
+    calls, handle = count_unet_calls(tiny_pipeline)
+    seen = []
+
+    def on_step(step, *_):
+        seen.append(step)
+        if step == 2:
+            raise RuntimeError("the hand-over broke")
+
+    try:
+        with pytest.raises(RuntimeError, match="the hand-over broke"):
+            engine.generate(make_recipe(steps=12), pipeline=tiny_pipeline, on_step=on_step,
+                            on_step_inline=True)
+    finally:
+        handle.remove()
+    assert seen == [1, 2] and len(calls) == 2  # no model call after the failing step
