@@ -6,6 +6,7 @@ delivered twice, a reaper racing a worker, or two workers racing each other chan
 """
 
 import functools
+import itertools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -303,11 +304,25 @@ def jobs_for_page(*, user, finished: int = 10) -> list[Job]:
 
 def queue_position(job: Job) -> int | None:
     """How many queued jobs will start before this one (0: it is next), or None if it is
-    not queued. Exact for the fair order at this moment; later arrivals can change it."""
+    not queued. Exact for the queue as it is now; later arrivals can change it."""
     if job.status != Job.Status.QUEUED:
         return None
-    ids = list(fair_queue().values_list("pk", flat=True))
-    return ids.index(job.pk) if job.pk in ids else None
+    order = start_order()
+    return order.index(job.pk) if job.pk in order else None
+
+
+def start_order() -> list:
+    """The queued jobs' ids in the order workers will start them, as the queue stands.
+
+    Not `fair_queue`'s order: that lists all of a user's jobs together, and only its head is
+    claimed. A claim makes its owner the user served last, so the users take turns in the
+    order they first appear there, one job each per round, each user's oldest first.
+    """
+    turns: dict = {}  # owner -> their queued job ids, oldest first; in turn order
+    for pk, owner in fair_queue().values_list("pk", "owner_id"):
+        turns.setdefault(owner, []).append(pk)
+    rounds = itertools.zip_longest(*turns.values())
+    return [pk for jobs in rounds for pk in jobs if pk is not None]
 
 
 def queue_summary() -> list[dict]:

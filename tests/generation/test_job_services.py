@@ -42,6 +42,23 @@ def test_a_late_user_is_served_before_the_busy_users_next_job(alice, bob):
     assert services.job_claim_next(worker="w").owner == bob
 
 
+def test_queue_positions_count_the_jobs_that_will_start_first(alice, bob, carol):
+    # alice was served last, bob earlier, carol never: carol, bob, alice take turns.
+    served = queue(alice, 1) + queue(bob, 1)
+    Job.objects.filter(pk=served[1].pk).update(
+        status=Job.Status.SUCCEEDED, started_at=timezone.now() - timedelta(minutes=5))
+    Job.objects.filter(pk=served[0].pk).update(
+        status=Job.Status.SUCCEEDED, started_at=timezone.now())
+    jobs = queue(alice, 3) + queue(bob, 2) + queue(carol, 1)
+    positions = [services.queue_position(job) for job in jobs]
+    assert positions == [2, 4, 5, 1, 3, 0]
+    claimed = []
+    while (job := services.job_claim_next(worker="w")) is not None:
+        claimed.append(job.pk)
+        finish(job)
+    assert claimed == [job.pk for _, job in sorted(zip(positions, jobs, strict=True))]
+
+
 def test_a_job_is_claimed_once(alice):
     (job,) = queue(alice)
     assert services.job_claim_next(worker="w1").pk == job.pk
