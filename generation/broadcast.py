@@ -69,6 +69,18 @@ class GroupPublisher:
             return False
         return True
 
+    def send_many(self, messages: list[tuple[str, dict]]) -> bool:
+        """Publish each (group, message) pair, all in one round trip; nothing is kept."""
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for group, message in messages:
+                pipe.publish(self._channel(group), self.layer.serialize(message))
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("dropped %s job messages: %s", len(messages), exc)
+            return False
+        return True
+
     def latest(self, group: str) -> dict | None:
         """The group's latest kept message, if Redis has it."""
         try:
@@ -99,6 +111,10 @@ def publisher() -> GroupPublisher:
 
 def send(group: str, message: dict, *, keep: bool) -> bool:
     return publisher().send(group, message, keep=keep)
+
+
+def send_many(messages: list[tuple[str, dict]]) -> bool:
+    return publisher().send_many(messages)
 
 
 def latest(group: str) -> dict | None:

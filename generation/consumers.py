@@ -64,7 +64,8 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         these handlers, which never touch the database, do not need: it came with every
         step of every watched job. The handlers that do use the database go through
         `database_sync_to_async`, which closes them itself."""
-        relay = {"job.progress": self.job_progress, "job.state": self.job_state}
+        relay = {"job.progress": self.job_progress, "job.state": self.job_state,
+                 "job.queue": self.job_queue}
         handler = relay.get(message["type"])
         if handler is None:
             await super().dispatch(message)
@@ -76,6 +77,10 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
 
     async def job_state(self, event):
         await self.send_json({"type": "state", "job": event["job"]})
+
+    async def job_queue(self, event):
+        await self.send_json({"type": "queue", "job": event["job"],
+                              "queue_position": event["queue_position"]})
 
 
 def progress_message(event: dict) -> dict:

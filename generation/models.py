@@ -64,7 +64,11 @@ class Job(models.Model):
     @property
     def group_name(self) -> str:
         """The channel-layer group its progress is broadcast to."""
-        return f"job.{self.pk}"
+        return self.group_for(self.pk)
+
+    @staticmethod
+    def group_for(pk) -> str:
+        return f"job.{pk}"
 
 
 def output_path(output: "Output", filename: str) -> str:

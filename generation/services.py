@@ -82,6 +82,8 @@ def job_submit(*, user, recipe: dict) -> Job:
     with transaction.atomic():
         job = Job.objects.create(owner=user, recipe=recipe, total_steps=recipe["steps"])
         transaction.on_commit(lambda: dispatch(job.pk))
+        # A user with fewer turns behind them goes ahead of busier users' later jobs.
+        transaction.on_commit(announce_queue)
     return job
 
 
@@ -231,7 +233,9 @@ def job_cancel(*, job: Job, actor) -> str:
     if job.owner_id != actor.pk:
         raise NotJobOwner("Only the job's owner can cancel it.")
     queued = Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED)
-    if not queued.update(status=Job.Status.CANCELED, finished_at=timezone.now()):
+    if queued.update(status=Job.Status.CANCELED, finished_at=timezone.now()):
+        announce_queue()
+    else:
         Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(cancel_requested=True)
     job.refresh_from_db()
     return job.status
@@ -281,6 +285,8 @@ def jobs_reap(*, broker_backlog: int) -> ReapReport:
             report.failed += changed
         if changed:
             report.ended.append(str(job.pk))
+    if report.requeued:
+        announce_queue()
     queued = Job.objects.filter(status=Job.Status.QUEUED).count()
     for _ in range(max(queued - broker_backlog, 0)):
         dispatch(None)
@@ -323,6 +329,22 @@ def start_order() -> list:
         turns.setdefault(owner, []).append(pk)
     rounds = itertools.zip_longest(*turns.values())
     return [pk for jobs in rounds for pk in jobs if pk is not None]
+
+
+def announce_queue() -> None:
+    """Tell the watchers of every queued job its place, after the order changed: a job was
+    submitted, started (the sidecar calls this as its run begins), canceled or requeued.
+    One query and one Redis round trip, however many watch. Best effort, like progress: a
+    watcher who missed one hears the next, and the job's state carries its place too."""
+    try:
+        messages = [
+            (Job.group_for(pk), {"type": "job.queue", "job": str(pk), "queue_position": place})
+            for place, pk in enumerate(start_order())
+        ]
+        if messages:
+            broadcast.send_many(messages)
+    except Exception as exc:  # the change it reports is made; only the news is lost
+        log.warning("could not announce the queue's order: %s", exc)
 
 
 def queue_summary() -> list[dict]:

@@ -242,6 +242,9 @@ class _JobSteps:
         self.job = Job(pk=self.job_id, attempt=self.attempt)  # what job_progress reads
 
     def serve(self) -> None:
+        # The job left the queue: the jobs behind it moved up. Done here, beside the run's
+        # first step, rather than in the worker before it.
+        services.announce_queue()
         while (message := self.conn.recv())[0] == "step":
             self._report(*message[1:])
             if not self.conn.poll():

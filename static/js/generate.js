@@ -137,6 +137,8 @@
       } else if (message.type === "progress") {
         setStatus(jobId, "running");
         progress(message);
+      } else if (message.type === "queue") {
+        queued(message);
       }
     };
     socket.onclose = () => {
@@ -177,16 +179,15 @@
     }
   }
 
-  // While a job waits, its queue position changes with no message on the socket: ask for it.
-  async function pollWhileQueued(jobId) {
-    while (current && current.id === jobId && current.status === "queued") {
-      await new Promise((resolve) => setTimeout(resolve, 3000));
-      if (!current || current.id !== jobId || current.status !== "queued") return;
-      try {
-        const response = await fetch(`/jobs/${jobId}/`, { headers: { Accept: "application/json" } });
-        if (response.ok) render((await response.json()).job);
-      } catch (err) { /* the socket's reconnect logic reports lost connections */ }
-    }
+  function queuedText(position) {
+    return position === 0 ? "Queued — next up" : `Queued — ${position} ahead of you`;
+  }
+
+  // The server tells every waiting job its new place whenever the queue's order changes.
+  // Only a job still shown as waiting takes it: one that started has moved on.
+  function queued(message) {
+    if (!current || message.job !== current.id || current.status !== "queued") return;
+    statusText.textContent = queuedText(message.queue_position);
   }
 
   function render(job) {
@@ -197,12 +198,9 @@
       current.attempt = job.attempt;  // a requeued job starts again: its steps count afresh
       current.step = 0;
     }
-    const wasQueued = current.status === "queued";
     current.status = job.status;
     if (job.status === "queued") {
-      if (!wasQueued) pollWhileQueued(job.id);
-      statusText.textContent = job.queue_position === 0
-        ? "Queued — next up" : `Queued — ${job.queue_position} ahead of you`;
+      statusText.textContent = queuedText(job.queue_position);
     } else if (job.status === "running") {
       // A worker loading the job's model says so first: a real model takes seconds.
       statusText.textContent = job.loading_model

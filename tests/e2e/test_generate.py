@@ -153,3 +153,25 @@ def test_after_a_reload_the_panel_resumes_the_running_job_and_rows_cancel(
     expect(running.locator(".badge")).to_have_text("Canceled")
     ids = [queued.get_attribute("data-job"), running.get_attribute("data-job")]
     assert set(Job.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"canceled"}
+
+
+def test_a_waiting_job_shows_its_place_as_the_queue_moves(studio_server, page, alice, bob):
+    """No worker runs: the jobs wait, and the page hears every change to their order."""
+    from playwright.sync_api import expect
+
+    from generation import recipes, services
+
+    def queue(user):
+        recipe = recipes.recipe_from_params({"prompt": "a red circle", "steps": 4})
+        return services.job_submit(user=user, recipe=recipe)
+
+    earlier = queue(alice)
+    log_in(page, studio_server, "alice")
+    page.fill("#id_prompt", "a blue square")
+    page.get_by_role("button", name="Generate").click()
+    status = page.locator("#status-text")
+    expect(status).to_have_text("Queued — 1 ahead of you")
+    queue(bob)  # bob's turn comes before alice's second job
+    expect(status).to_have_text("Queued — 2 ahead of you")
+    services.job_cancel(job=earlier, actor=alice)
+    expect(status).to_have_text("Queued — next up")

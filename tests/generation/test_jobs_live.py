@@ -143,6 +143,69 @@ def test_a_connection_joining_mid_run_gets_the_latest_step_with_its_preview(
     }
 
 
+def closing_connection(call):
+    """`call`, closing the database connection it opened on its thread after it."""
+
+    def run():
+        try:
+            call()
+        finally:
+            connection.close()
+
+    return run
+
+
+def watch_queue(server, job, headers, *changes):
+    """Connect to a queued job's socket; after its first state, make each change (a sync call,
+    run on a thread) and collect the queue position the socket sends next. The positions:
+    the first state's, then one per change."""
+
+    async def go():
+        url = f"{server.ws_url}/ws/jobs/{job.pk}/"
+        async with connect(url, additional_headers=headers, open_timeout=10) as ws:
+            state = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            positions = [state["job"]["queue_position"]]
+            for change in changes:
+                await asyncio.to_thread(closing_connection(change))
+                while True:
+                    message = json.loads(await asyncio.wait_for(ws.recv(), 60))
+                    if message["type"] == "queue":
+                        assert message["job"] == str(job.pk)
+                        positions.append(message["queue_position"])
+                        break
+            return positions
+
+    return run_async(go())
+
+
+def test_a_waiting_job_hears_its_new_place_when_jobs_are_submitted_or_canceled(
+    studio_server, alice, bob, tiny
+):
+    first, second = submit(alice, tiny), submit(alice, tiny)
+    positions = watch_queue(
+        studio_server, second, bearer(alice),
+        # bob's first job takes the turn after alice's first, ahead of her second
+        lambda: submit(bob, tiny),
+        lambda: services.job_cancel(job=first, actor=alice),
+    )
+    assert positions == [1, 2, 0]
+
+
+def test_a_waiting_job_hears_its_new_place_when_a_worker_starts_the_one_ahead(
+    studio_server, celery_worker, alice, tiny
+):
+    running = submit(alice, tiny, steps=400)
+    assert wait_for(lambda: Job.objects.get(pk=running.pk).step >= 1)
+    ahead, waiting = submit(alice, tiny), submit(alice, tiny)
+    positions = watch_queue(
+        studio_server, waiting, bearer(alice),
+        # the run stops within a step, and the worker starts the job ahead
+        lambda: services.job_cancel(job=running, actor=alice),
+    )
+    assert positions == [1, 0]
+    assert Job.objects.get(pk=ahead.pk).status != Job.Status.QUEUED
+
+
 def test_carol_cannot_watch_alices_job(studio_server, alice, carol, tiny):
     job = submit(alice, tiny)
     with pytest.raises(InvalidStatus):
