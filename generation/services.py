@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Count, F, Max, Min, OuterRef, Q, Subquery
 from django.utils import timezone
 
@@ -114,7 +114,8 @@ def fair_queue():
     return (
         Job.objects.filter(status=Job.Status.QUEUED)
         .annotate(last_served=Subquery(last_served))
-        .order_by(F("last_served").asc(nulls_first=True), "queued_at")
+        # pk last: ties broken the same way by every query, the claim's and start_order's
+        .order_by(F("last_served").asc(nulls_first=True), "queued_at", "pk")
     )
 
 
@@ -252,6 +253,8 @@ class ReapReport:
     resent: int = 0
     # Jobs the reaper finished, whose watchers should hear of it.
     ended: list = field(default_factory=list)
+    # Jobs it put back in the queue, whose watchers still see the lost run's last step.
+    returned: list = field(default_factory=list)
 
 
 def jobs_reap(*, broker_backlog: int) -> ReapReport:
@@ -272,7 +275,9 @@ def jobs_reap(*, broker_backlog: int) -> ReapReport:
             changed = running.update(status=Job.Status.CANCELED, finished_at=timezone.now())
             report.canceled += changed
         elif job.attempt < settings.STUDIO_MAX_ATTEMPTS:
-            report.requeued += running.update(status=Job.Status.QUEUED, worker="", step=0)
+            if running.update(status=Job.Status.QUEUED, worker="", step=0):
+                report.requeued += 1
+                report.returned.append(str(job.pk))
             continue
         else:
             reason = (
@@ -310,7 +315,9 @@ def jobs_for_page(*, user, finished: int = 10) -> list[Job]:
 
 def queue_position(job: Job) -> int | None:
     """How many queued jobs will start before this one (0: it is next), or None if it is
-    not queued. Exact for the queue as it is now; later arrivals can change it."""
+    not queued. For the queue as it is now, claimed one job at a time; later arrivals can
+    change it, and so can two workers claiming at the same moment (the second skips the
+    first one's locked row)."""
     if job.status != Job.Status.QUEUED:
         return None
     order = start_order()
@@ -331,20 +338,33 @@ def start_order() -> list:
     return [pk for jobs in rounds for pk in jobs if pk is not None]
 
 
+# The advisory lock key that serializes announce_queue ("studio" in ASCII).
+ANNOUNCE_LOCK = 0x73747564696F
+
+
 def announce_queue() -> None:
     """Tell the watchers of every queued job its place, after the order changed: a job was
     submitted, started (the sidecar calls this as its run begins), canceled or requeued.
     One query and one Redis round trip, however many watch. Best effort, like progress: a
     watcher who missed one hears the next, and the job's state carries its place too."""
     try:
-        messages = [
-            (Job.group_for(pk), {"type": "job.queue", "job": str(pk), "queue_position": place})
-            for place, pk in enumerate(start_order())
-        ]
-        if messages:
-            broadcast.send_many(messages)
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                # One announcer at a time, each reading the order after the one before it
+                # published: else an older order, read first and published last, would stay
+                # on the pages until the next change.
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ANNOUNCE_LOCK])
+            messages = [
+                (Job.group_for(pk),
+                 {"type": "job.queue", "job": str(pk), "queue_position": place})
+                for place, pk in enumerate(start_order())
+            ]
+            if messages:
+                broadcast.send_many(messages)
     except Exception as exc:  # the change it reports is made; only the news is lost
         log.warning("could not announce the queue's order: %s", exc)
+        if isinstance(exc, DatabaseError) and not connection.in_atomic_block:
+            connection.close()  # broken, maybe: the caller's next query opens a new one
 
 
 def queue_summary() -> list[dict]:

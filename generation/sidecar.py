@@ -25,8 +25,10 @@ import functools
 import logging
 import math
 import os
+import queue
 import signal
 import socket
+import threading
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
@@ -134,6 +136,11 @@ class SidecarRun:
             self.conn.send(("step", step, total, preview, elapsed))
         except OSError as exc:
             raise SidecarError(f"the worker's sidecar process stopped ({exc})") from exc
+        except BaseException:
+            # Interrupted on the sampling thread (a time limit), maybe halfway through the
+            # message: the sidecar would misread the rest, so the next job gets a new one.
+            self.sidecar.close()
+            raise
 
     def should_stop(self) -> bool:
         """True once the sidecar found the job canceled or reaped; raises if it could not
@@ -221,6 +228,37 @@ def _own_connections() -> None:
         database.settings_dict = {**database.settings_dict, "OPTIONS": options}
 
 
+class _Inbox:
+    """One job's messages from the worker, read on a thread as they arrive. The worker sends
+    them from its sampling thread, so a send must never wait for this process: at real image
+    sizes a step's preview arrays are a few hundred kilobytes, more than the socket holds,
+    and a slow heartbeat (Postgres restarting) would otherwise hold up sampling."""
+
+    def __init__(self, conn: Connection):
+        self.messages: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._read, args=(conn,), name="sidecar-inbox",
+                         daemon=True).start()
+
+    def _read(self, conn: Connection) -> None:
+        try:
+            while True:
+                message = conn.recv()
+                self.messages.put(message)
+                if message[0] == "end":
+                    return  # the next job's "begin" is read by _serve
+        except (EOFError, OSError):
+            self.messages.put(("gone",))
+
+    def get(self) -> tuple:
+        message = self.messages.get()
+        if message[0] == "gone":
+            raise EOFError("the worker process went away")
+        return message
+
+    def empty(self) -> bool:
+        return self.messages.empty()
+
+
 @dataclass
 class _JobSteps:
     """One job's steps in the sidecar: each published as it comes, the heartbeat written for
@@ -242,12 +280,13 @@ class _JobSteps:
         self.job = Job(pk=self.job_id, attempt=self.attempt)  # what job_progress reads
 
     def serve(self) -> None:
+        inbox = _Inbox(self.conn)
         # The job left the queue: the jobs behind it moved up. Done here, beside the run's
         # first step, rather than in the worker before it.
         services.announce_queue()
-        while (message := self.conn.recv())[0] == "step":
+        while (message := inbox.get())[0] == "step":
             self._report(*message[1:])
-            if not self.conn.poll():
+            if inbox.empty():
                 self._beat()
         self._beat()  # the last step, if the end message was already waiting
         self.conn.send(("ended", self.trajectory))

@@ -40,6 +40,8 @@ def preload(**kwargs) -> None:
 @shared_task(name="generation.reap_jobs")
 def reap_jobs() -> dict:
     report = services.jobs_reap(broker_backlog=broker_backlog())
-    for job in Job.objects.filter(pk__in=report.ended):
-        runner.announce(job)  # their watchers would otherwise wait for a worker that died
+    # Their watchers would otherwise wait on a worker that died: told the job ended, or that
+    # it waits in the queue again (the state says where).
+    for job in Job.objects.filter(pk__in=report.ended + report.returned):
+        runner.announce(job)
     return vars(report)

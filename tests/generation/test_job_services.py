@@ -193,7 +193,10 @@ def test_the_reaper_cancels_a_stale_job_its_owner_canceled(alice):
     assert job.status == "canceled" and (report.canceled, report.ended) == (1, [str(job.pk)])
 
 
-def test_the_reap_task_tells_watchers_of_a_job_it_ended(transactional_db, alice, settings):
+@pytest.mark.parametrize("attempts, status", [(1, "failed"), (2, "queued")])
+def test_the_reap_task_tells_watchers_what_became_of_the_job(
+    transactional_db, alice, settings, attempts, status
+):
     import asyncio
 
     from channels.db import database_sync_to_async
@@ -202,7 +205,7 @@ def test_the_reap_task_tells_watchers_of_a_job_it_ended(transactional_db, alice,
     from generation.tasks import reap_jobs
     from tests.conftest import run_async
 
-    settings.STUDIO_MAX_ATTEMPTS = 1
+    settings.STUDIO_MAX_ATTEMPTS = attempts
     queue(alice)
     job = services.job_claim_next(worker="w")
     stale(job)
@@ -213,11 +216,62 @@ def test_the_reap_task_tells_watchers_of_a_job_it_ended(transactional_db, alice,
         await layer.group_add(job.group_name, channel)
         # database_sync_to_async hands its thread's connection back, so none is left open.
         await database_sync_to_async(reap_jobs)()
-        return await asyncio.wait_for(layer.receive(channel), 10)
+        return [await asyncio.wait_for(layer.receive(channel), 10) for _ in range(1 + requeued)]
 
-    message = run_async(watch_while_reaping())
-    assert message["type"] == "job.state" and message["job"]["status"] == "failed"
-    assert "stopped responding" in message["job"]["error"]
+    requeued = status == "queued"
+    messages = {m["type"]: m for m in run_async(watch_while_reaping())}
+    assert messages["job.state"]["job"]["status"] == status
+    if requeued:  # waiting again, and where: the queue's order changed too
+        assert messages["job.state"]["job"]["queue_position"] == 0
+        assert messages["job.queue"] == {"type": "job.queue", "job": str(job.pk),
+                                         "queue_position": 0}
+    else:
+        assert "stopped responding" in messages["job.state"]["job"]["error"]
+
+
+def test_queue_announcements_take_turns(transactional_db, alice):
+    """Each reads the order after the one before it published, so the last message a page
+    gets is never an older order than the one before it."""
+    import asyncio
+    import threading
+
+    from channels.layers import get_channel_layer
+
+    from tests.conftest import run_async
+
+    (job,) = queue(alice)
+    db = connection.settings_dict
+    params = {"dbname": db["NAME"], "user": db["USER"], "host": db["HOST"],
+              "port": db["PORT"] or 5432, "autocommit": True}
+    waiting = ("SELECT count(*) FROM pg_stat_activity "
+               "WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'")
+
+    async def listen():
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(job.group_name, channel)
+        with psycopg.connect(**params) as other, psycopg.connect(**params) as look:
+            other.execute("SELECT pg_advisory_lock(%s)", [services.ANNOUNCE_LOCK])
+            def announce():
+                try:
+                    services.announce_queue()
+                finally:
+                    connection.close()  # this thread's
+
+            announcer = threading.Thread(target=announce)
+            announcer.start()
+            for _ in range(1000):  # it waits its turn
+                if look.execute(waiting).fetchone()[0] == 1:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the announcer did not wait for the lock")
+            other.execute("SELECT pg_advisory_unlock(%s)", [services.ANNOUNCE_LOCK])
+            message = await asyncio.wait_for(layer.receive(channel), 10)
+            await asyncio.to_thread(announcer.join)
+            return message
+
+    assert run_async(listen())["queue_position"] == 0
 
 
 def test_only_the_owner_cancels_not_even_staff(alice, admin):

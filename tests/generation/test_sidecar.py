@@ -6,10 +6,14 @@ import base64
 import dataclasses
 import io
 import os
+import threading
 import time
 
+import numpy as np
 import PIL.Image
+import psycopg
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from generation import broadcast, engine, sidecar
@@ -150,6 +154,59 @@ def test_an_end_cut_short_gives_the_next_job_a_new_sidecar(side, running_job, pr
     assert side.pid not in (None, first)
     again.step(2, 4, previews[1], 0.2)
     assert [frame["step"] for frame in again.end()] == [2]
+
+
+def test_the_worker_sends_its_steps_while_the_sidecar_waits_on_postgres(
+    side, running_job, previews
+):
+    # Steps come from the sampling thread: a heartbeat stuck behind a lock must not hold
+    # sampling up, even with steps larger than the socket holds (a real size's arrays).
+    big = np.zeros((1, 4, 96, 96), dtype=np.float32)  # 147 kB, twice a step
+    preview = dataclasses.replace(previews[0], model_output=big, model_input=big)
+    db = connection.settings_dict
+    with psycopg.connect(dbname=db["NAME"], user=db["USER"], host=db["HOST"],
+                         port=db["PORT"] or 5432) as other:
+        other.execute("SELECT 1 FROM generation_job WHERE id = %s FOR UPDATE", [running_job.pk])
+        run = side.begin(running_job)
+        run.step(1, 12, previews[0], 0.1)
+        waiting = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                   "AND query LIKE 'UPDATE %%generation_job%%'")
+        with psycopg.connect(dbname=db["NAME"], user=db["USER"], host=db["HOST"],
+                             port=db["PORT"] or 5432, autocommit=True) as look:
+            assert wait_for(lambda: look.execute(waiting).fetchone()[0] == 1)
+        sent = threading.Thread(target=lambda: [run.step(step, 12, preview, 0.1)
+                                                for step in range(2, 13)])
+        sent.start()
+        sent.join(10)
+        assert not sent.is_alive()  # 3.2 MB sent while the heartbeat waits
+        assert Job.objects.get(pk=running_job.pk).step == 0
+    trajectory = run.end()  # the lock went with the other connection
+    assert len(trajectory) == 12 and Job.objects.get(pk=running_job.pk).step == 12
+
+
+def test_a_step_cut_short_gives_the_next_job_a_new_sidecar(side, running_job, previews):
+    # A step is sent on the sampling thread, where a time limit can fire mid-message.
+    class TimeLimit(Exception):
+        pass
+
+    run = side.begin(running_job)
+    first = side.pid
+    run.step(1, 4, previews[0], 0.1)
+    send = run.conn.send
+
+    def interrupted(message):
+        run.conn.send = send  # once
+        raise TimeLimit
+
+    run.conn.send = interrupted
+    with pytest.raises(TimeLimit):
+        run.step(2, 4, previews[1], 0.2)
+    assert side.pid is None  # stopped, and reaped
+    assert run.end() == []
+    again = side.begin(running_job)
+    assert side.pid not in (None, first)
+    again.step(3, 4, previews[2], 0.3)
+    assert [frame["step"] for frame in again.end()] == [3]
 
 
 @pytest.mark.parametrize("fmt", ["WEBP", "PNG", "JPEG"])
