@@ -175,3 +175,35 @@ def test_a_waiting_job_shows_its_place_as_the_queue_moves(studio_server, page, a
     expect(status).to_have_text("Queued — 2 ahead of you")
     services.job_cancel(job=earlier, actor=alice)
     expect(status).to_have_text("Queued — next up")
+
+
+def test_the_page_says_when_a_job_waits_for_its_model_to_load(studio_server, page, alice):
+    """A worker that did not load the default model as it started (preload off) loads it for
+    the first job, and the page says so until the first step."""
+    from playwright.sync_api import expect
+
+    from tests.conftest import Worker
+
+    log_in(page, studio_server, "alice")
+    page.evaluate("""() => {
+        window.said = [];
+        const status = document.getElementById("status-text");
+        new MutationObserver(() => window.said.push(status.textContent))
+            .observe(status, {childList: true, characterData: true, subtree: true});
+    }""")
+    page.fill("#id_prompt", "a red circle on a blue background")
+    page.fill("#id_steps", "4")
+    page.get_by_role("button", name="Generate").click()
+    status = page.locator("#status-text")
+    expect(status).to_have_text("Queued — next up")  # the page watches before any worker runs
+    worker = Worker(env={"STUDIO_WORKER_PRELOAD": "0"})
+    worker.start()
+    try:
+        expect(status).to_contain_text("Done — seed", timeout=120_000)
+    finally:
+        worker.stop()
+    said = page.evaluate("window.said")
+    loading = f"Loading the model “{settings.STUDIO_DEMO_MODEL_NAME}”…"
+    assert loading in said
+    steps = [i for i, text in enumerate(said) if text.startswith("Step ") and text[5] != "0"]
+    assert said.index(loading) < steps[0]  # until the first step
