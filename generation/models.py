@@ -45,6 +45,9 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["status", "queued_at"], name="job_status_queued"),
             models.Index(fields=["owner", "started_at"], name="job_owner_started"),
+            # The fair queue asks, for every queued job, whether its owner has an older one.
+            models.Index(fields=["owner", "queued_at"], condition=models.Q(status="queued"),
+                         name="job_owner_queued"),
         ]
 
     def __str__(self) -> str:

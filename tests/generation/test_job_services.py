@@ -69,8 +69,9 @@ def test_a_job_is_claimed_once(alice):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_claim_skips_the_job_another_worker_holds_and_does_not_wait(alice, bob):
-    """Two workers claiming at once: the second gets the next job at once (SKIP LOCKED)."""
-    (first,) = queue(alice)
+    """Two workers claiming at once: the second gets the next job at once (SKIP LOCKED), and
+    it is the next user's turn, not the held job's owner's next job."""
+    first, later = queue(alice, 2)
     (second,) = queue(bob)
     sql, head_params = services.claim_statement()
     db = connection.settings_dict
@@ -84,6 +85,7 @@ def test_a_claim_skips_the_job_another_worker_holds_and_does_not_wait(alice, bob
             cursor.execute("SET lock_timeout = '2s'")  # a claim that waited would fail
         try:
             assert services.job_claim_next(worker="w1").pk == second.pk
+            assert services.job_claim_next(worker="w1").pk == later.pk
             assert services.job_claim_next(worker="w1") is None
         finally:
             with connection.cursor() as cursor:
