@@ -77,9 +77,23 @@ def image_out(image: Image, *, viewer) -> dict:
 
 def _image(request: HttpRequest, image_id: UUID) -> Image:
     image = services.get_image_for_user(user=request.auth, image_id=image_id)
+    # A link's holder is not its signer: whoever has it sees what the signer may see, except
+    # hidden images, which only their owner and staff see, each through their own login.
+    if image is not None and image.hidden and getattr(request, "signed_link", False):
+        image = services.get_image_for_user(user=request.user, image_id=image_id)
     if image is None:
         raise Http404
     return image
+
+
+class ImageLink(SignedUrl):
+    """A signed link, tried before the caller's own credentials: it names the one image it
+    opens, whoever holds it and whatever session their browser also has."""
+
+    def authenticate(self, request: HttpRequest, key: str | None):
+        signer = super().authenticate(request, key)
+        request.signed_link = signer is not None
+        return signer
 
 
 class ImageFilters(Paging):
@@ -88,7 +102,9 @@ class ImageFilters(Paging):
     q: Text = Field("", description="Words from the prompt (web search syntax).")
     model: Text = ""
     sampler: Text = ""
-    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    # Text, checked by selectors.search_errors, so that only plain decimal digits pass
+    # (a number parser would take "+7", " 7" or "7_0").
+    seed: str = Field("", description=f"An exact seed: 0 to {SEED_MAX}, decimal digits.")
     sort: Literal["new", "liked"] = "new"
 
 
@@ -101,10 +117,12 @@ def image_list(request: HttpRequest, filters: Query[ImageFilters]):
         team = get_team_for_user(user=request.auth, team_id=filters.team) if filters.team else None
         if team is None:
             raise ApiError(400, {"team": "Choose one of your teams."})
+    search = {"query": filters.q, "model": filters.model, "sampler": filters.sampler,
+              "seed": filters.seed}
+    if errors := selectors.search_errors(**search):
+        raise ApiError(400, errors)
     images = selectors.gallery_search(
-        user=request.auth, scope=filters.scope, team=team, query=filters.q,
-        model=filters.model, sampler=filters.sampler,
-        seed="" if filters.seed is None else str(filters.seed), sort=filters.sort,
+        user=request.auth, scope=filters.scope, team=team, sort=filters.sort, **search
     )
     return page(images, filters, lambda image: image_out(image, viewer=request.auth))
 
@@ -138,7 +156,7 @@ PNG_RESPONSE = {
 
 @router.get("/images/{image_id}/file", url_name="image_file", summary="The PNG",
             response={404: Errors, **COMMON_ERRORS}, openapi_extra={"responses": PNG_RESPONSE},
-            auth=[TokenBearer(), SessionCsrf(), SignedUrl()])
+            auth=[ImageLink(), TokenBearer(), SessionCsrf()])
 def image_file(request: HttpRequest, image_id: UUID):
     """The image's PNG, with its recipe in its metadata. Also reachable without a token
     through a signed link (`?signature=`), as the OpenAI-compatible `url` answers give."""

@@ -5,10 +5,15 @@ see anyway, so a public collection of private or hidden images shows none of the
 
 import uuid
 
+from django.conf import settings
+from django.db import transaction
 from django.db.models import Q, QuerySet
 
+from .limits import check_cap, clean_text
 from .models import Collection, Image, Visibility
 from .services import GalleryError, resolve_visibility, visible_images
+
+NAME_MAX = Collection._meta.get_field("name").max_length
 
 
 def visible_collections(user) -> QuerySet[Collection]:
@@ -45,12 +50,18 @@ def collections_owned(user) -> QuerySet[Collection]:
 
 def collection_create(*, owner, name: str, visibility: str = Visibility.PRIVATE,
                       team_id=None) -> Collection:
-    name = name.strip()
+    """A new collection of `owner`'s, within their cap on collections."""
+    name = clean_text(name, field="name", max_chars=NAME_MAX)
     if not name:
         raise GalleryError("Give the collection a name.")
     visibility, team = resolve_visibility(actor=owner, visibility=visibility, team_id=team_id)
-    return Collection.objects.create(owner=owner, name=name[:100], visibility=visibility,
-                                     team=team)
+    cap = settings.STUDIO_MAX_COLLECTIONS_PER_USER
+    with transaction.atomic():
+        check_cap(user=owner, owned=Collection.objects.filter(owner=owner), cap=cap, message=(
+            f"You have {cap} collections, the most one person can keep: "
+            "delete one to make another."))
+        return Collection.objects.create(owner=owner, name=name, visibility=visibility,
+                                         team=team)
 
 
 def _require_owner(collection: Collection, actor) -> None:
@@ -75,6 +86,10 @@ def collection_add_image(*, collection: Collection, actor, image: Image) -> None
 
 def collection_remove_image(*, collection: Collection, actor, image_id) -> None:
     _require_owner(collection, actor)
+    try:
+        image_id = uuid.UUID(str(image_id))
+    except ValueError as exc:  # a tampered form field
+        raise GalleryError("Choose an image of the collection to remove.") from exc
     collection.images.remove(*collection.images.filter(pk=image_id))
 
 

@@ -7,16 +7,20 @@ and decode completely. The stored name is built from our own UUID, never from th
 """
 
 import io
+import json
 import warnings
 
 from django.conf import settings
 from django.core.files.base import ContentFile
+from django.db import transaction
 from django.db.models import QuerySet
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from generation import engine
+from generation.engine.pngmeta import MAX_PARAMETERS_CHARS
 
+from .limits import UploadTooLarge, check_cap
 from .models import PngImport
 from .services import GalleryError
 
@@ -76,14 +80,48 @@ def check_image(data: bytes) -> tuple[str, int, int]:
 
 
 def read_metadata(data: bytes, image_format: str) -> tuple[dict | None, str]:
-    """The Studio recipe JSON (or None) and the A1111 ``parameters`` text (or "")."""
+    """The Studio recipe JSON (or None) and the A1111 ``parameters`` text (or ""), refusing
+    parameters text too long to parse."""
+    recipe, parameters = None, ""
     if image_format == "PNG":
         try:
             recipe, parameters = engine.read_png(data)
         except (engine.RecipeError, ValueError):  # a malformed studio_recipe chunk
             return None, ""
-        return (recipe.to_json() if recipe else None), parameters or ""
-    return None, _exif_parameters(data)
+    else:
+        parameters = _exif_parameters(data)
+    # Pillow hands back up to 1 MB per PNG text chunk and an EXIF comment can be the whole
+    # file; A1111 writes a few hundred characters. Refused whole: a cut prompt is another recipe.
+    if parameters and len(parameters) > MAX_PARAMETERS_CHARS:
+        raise ImportRefused(
+            f"The image's parameters text is longer than {MAX_PARAMETERS_CHARS:,} characters, "
+            "more than AUTOMATIC1111 writes; the file was refused."
+        )
+    return (recipe.to_json() if recipe else None), parameters or ""
+
+
+def check_storable(*, recipe: dict | None, fields: dict, parameters: str) -> None:
+    """Refuse what a file says but Postgres cannot keep: a NUL character in any text, or a
+    number that is not finite (an A1111 "CFG scale: nan") in the JSON read from it."""
+    if _holds_nul([recipe, fields, parameters]):
+        raise ImportRefused("The image's metadata holds a NUL character; the file was refused.")
+    try:
+        json.dumps([recipe, fields], allow_nan=False)
+    except ValueError as exc:
+        raise ImportRefused(
+            "The image's metadata holds a number that is not finite (NaN or infinity); "
+            "the file was refused."
+        ) from exc
+
+
+def _holds_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 def _exif_parameters(data: bytes) -> str:
@@ -103,23 +141,32 @@ def _exif_parameters(data: bytes) -> str:
 def import_create(*, owner, upload) -> PngImport:
     """Check an uploaded file, read its recipe and keep both for its owner.
 
-    1. Refuse by size in bytes before reading it into memory.
+    1. Refuse by size in bytes before reading it into memory (the view's upload handler
+       has already stopped reading a larger one).
     2. Check format, pixel count and that it decodes (check_image).
-    3. Read the Studio recipe and A1111 parameters; store under our own name.
+    3. Read the Studio recipe and A1111 parameters (read_metadata).
+    4. Within the owner's cap on imports, store under our own name.
     """
     if upload is None:
         raise ImportRefused("Choose an image file to import.")
     if upload.size > max_bytes():
-        raise ImportRefused(f"The file is larger than {max_bytes() // 2**20} MiB.")
+        raise UploadTooLarge("image", max_bytes())
     data = upload.read()
     image_format, width, height = check_image(data)
     recipe, parameters = read_metadata(data, image_format)
+    fields = engine.parse_parameters(parameters) if parameters else {}
+    check_storable(recipe=recipe, fields=fields, parameters=parameters)
     imported = PngImport(
         owner=owner, format=image_format, width=width, height=height, recipe=recipe,
-        parameters=parameters, fields=engine.parse_parameters(parameters) if parameters else {},
+        parameters=parameters, fields=fields,
     )
-    imported.file.save("upload", ContentFile(data), save=False)
-    imported.save()
+    with transaction.atomic():
+        cap = settings.STUDIO_MAX_IMPORTS_PER_USER
+        check_cap(user=owner, owned=imports_owned(owner), cap=cap, message=(
+            f"You have {cap} imported files, the most one person can keep: "
+            "delete some to import more."))
+        imported.file.save("upload", ContentFile(data), save=False)
+        imported.save()
     return imported
 
 
@@ -147,8 +194,8 @@ def import_recipe(imported: PngImport) -> dict:
 
 
 def import_delete(*, imported: PngImport, actor) -> None:
+    """Delete an import for its owner. Staff may look at anyone's, but a file is its owner's
+    to keep or delete."""
     if imported.owner_id != actor.pk:
         raise GalleryError("Only the person who imported it can delete it.")
-    storage, name = imported.file.storage, imported.file.name
-    imported.delete()
-    storage.delete(name)
+    imported.delete()  # its file goes once the deletion commits (gallery/files.py)

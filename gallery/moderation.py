@@ -1,21 +1,36 @@
 """Moderation: hide, restore and dismiss, each kept in the audit log (ModerationEvent)."""
 
+from datetime import timedelta
+
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
 
+from .limits import check_cap, clean_text
 from .models import Image, ModerationEvent, Report, Visibility
 from .services import GalleryError
+
+REASON_MAX = Report._meta.get_field("reason").max_length
 
 
 def report_create(*, image: Image, reporter, reason: str) -> Report:
     """A signed-in user reports a public image they can see (the caller used its door).
-    Private and team images are their owners' business, not the public gallery's."""
+    Private and team images are their owners' business, not the public gallery's. Each
+    reporter sends at most STUDIO_MAX_REPORTS_PER_DAY in any 24 hours."""
     if image.visibility != Visibility.PUBLIC or image.hidden:
         raise GalleryError("Only images in the public gallery can be reported.")
-    reason = reason.strip()
+    reason = clean_text(reason, field="reason", max_chars=REASON_MAX)
     if not reason:
         raise GalleryError("Say what is wrong with the image.")
-    return Report.objects.create(image=image, reporter=reporter, reason=reason[:1000])
+    cap = settings.STUDIO_MAX_REPORTS_PER_DAY
+    recent = Report.objects.filter(reporter=reporter,
+                                   created__gte=timezone.now() - timedelta(days=1))
+    with transaction.atomic():
+        check_cap(user=reporter, owned=recent, cap=cap, message=(
+            f"You have sent {cap} reports in the last 24 hours, the most one person can: "
+            "please try again later."))
+        return Report.objects.create(image=image, reporter=reporter, reason=reason)
 
 
 def review_queue() -> QuerySet[Image]:
@@ -82,8 +97,8 @@ def moderation_apply(*, action: str, images, actor, reason: str = "") -> int:
     """One of the bulk actions by name, for the staff page. Hiding always records a reason,
     since the owner is shown it."""
     if action not in ACTIONS:
-        raise GalleryError(f"Unknown action “{action}”.")
-    reason = reason.strip()
+        raise GalleryError("Choose an action: hide, restore or dismiss.")
+    reason = clean_text(reason, field="reason", max_chars=settings.STUDIO_MAX_TEXT_CHARS)
     if action == "hide" and not reason:
         reason = "; ".join(
             Report.objects.filter(image__in=images, status=Report.Status.OPEN)

@@ -1,9 +1,16 @@
 """Reproduce and verify: run a recipe again as a new job and compare the pixels.
 
-The recipe is re-run exactly as recorded (the whole batch, the same scheduler config and
-thread count, DESIGN §4) on this server's copy of the model, looked up by name: a recipe's
-own `model.source` is never used, since an imported file could name any path. When the
-server's weights are not the recipe's, reproducing is refused before anything is queued.
+The recipe is re-run as recorded (the whole batch, the same scheduler config, DESIGN §4) on
+this server's copy of the model, looked up by name: a recipe's own `model.source` is never
+used, since an imported file could name any path. Threads, device and dtype are this
+server's (generation.services.job_submit), so a CPU image made with another thread count
+may come out within one level rather than identical. When the server's weights are not the
+recipe's, reproducing is refused before anything is queued.
+
+The batch's other images are made too (an image's pixels depend on its batch) but never
+leave the worker: the job reveals only the original's place in it (Job.reveals), so whoever
+asked gets that one image, its previews and its frames, and nothing of its siblings, which
+may be private to someone else.
 """
 
 import logging
@@ -53,16 +60,17 @@ def studio_recipe(recipe_json: dict) -> dict:
     except engine.RecipeError as exc:
         raise ReproduceRefused(f"The recipe is incomplete: {exc}") from exc
     model = _server_model(recipe.model.name, recipe.model.hash)
-    recipe = replace(recipe, model=model, batch_index=0)
+    recipe = replace(recipe, model=model)
     blocked = recipes.blocked_phrase_in(recipe.prompt)
     if blocked:
         raise ReproduceRefused(f"The prompt contains “{blocked}”, which this server does not "
                                "allow.")
     try:
+        # With its own batch_index, which must name an image of its batch: the job reveals it.
         engine.validate_recipe(recipe)
     except engine.RecipeError as exc:
         raise ReproduceRefused(f"The recipe cannot run here: {exc}") from exc
-    return recipe.to_json()
+    return replace(recipe, batch_index=0).to_json()
 
 
 def a1111_recipe(fields: dict) -> dict:
@@ -84,7 +92,8 @@ def a1111_recipe(fields: dict) -> dict:
 
 def reproduction_start(*, user, image: Image | None = None,
                        imported: PngImport | None = None) -> Reproduction:
-    """Queue the re-run of an image's (or an imported file's) recipe for `user`.
+    """Queue the re-run of an image's (or an imported file's) recipe for `user`, revealing
+    only the original's image of the batch.
 
     The caller got the original through its door. Raises ReproduceRefused, or
     generation.services.LimitExceeded when the user may not queue another job now.
@@ -99,9 +108,9 @@ def reproduction_start(*, user, image: Image | None = None,
         recipe = import_recipe(imported)
         job_recipe = a1111_recipe(imported.fields)
     with transaction.atomic():
-        job = job_submit(user=user, recipe=job_recipe)
+        job = job_submit(user=user, recipe=job_recipe, reveals=recipe.get("batch_index", 0))
         return Reproduction.objects.create(
-            job=job, image=image, imported=imported, batch_index=recipe.get("batch_index", 0)
+            job=job, image=image, imported=imported, batch_index=job.reveals
         )
 
 

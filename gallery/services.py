@@ -16,7 +16,8 @@ from .models import Image, Like, Visibility
 def visible_images(user) -> QuerySet[Image]:
     """Every image `user` may see: public ones not hidden, their team's not hidden, their own
     (hidden or not), and everything for staff."""
-    images = Image.objects.select_related("output", "owner", "team")
+    # An output's trajectory frames are read by its page alone, not by listings and files.
+    images = Image.objects.select_related("output", "owner", "team").defer("output__trajectory")
     if getattr(user, "is_staff", False):
         return images
     public = Q(visibility=Visibility.PUBLIC, hidden=False)
@@ -66,7 +67,8 @@ def resolve_visibility(*, actor, visibility: str, team_id=None):
     """(visibility, team) for something `actor` shares: a team only when it is one of theirs.
     Images and collections follow the same rule."""
     if visibility not in Visibility.values:
-        raise GalleryError(f"Unknown visibility “{visibility}”.")
+        # Not quoted back: it is the sender's text, of any length.
+        raise GalleryError("Choose a visibility: private, team or public.")
     if visibility != Visibility.TEAM:
         return visibility, None
     team = get_team_for_user(user=actor, team_id=team_id) if team_id else None
@@ -85,18 +87,12 @@ def image_set_visibility(*, image: Image, actor, visibility: str, team_id=None) 
 
 
 def image_delete(*, image: Image, actor) -> None:
-    """Delete an image for its owner: the gallery entry, its output row and the PNG file.
-
-    The file goes only once the rows are gone for good (on commit), so a rolled-back delete
-    never leaves an entry pointing at a missing file. The job stays: it is the owner's history.
-    """
+    """Delete an image for its owner: the gallery entry, its output row and the PNG file
+    (once the deletion commits: generation/files.py). The job stays: it is the owner's
+    history."""
     if image.owner_id != actor.pk:
         raise GalleryError("Only the image's owner can delete it.")
-    output = image.output
-    storage, name = output.image.storage, output.image.name
-    with transaction.atomic():
-        output.delete()  # cascades to the image, its likes, reports and reproductions
-        transaction.on_commit(lambda: storage.delete(name))
+    image.output.delete()  # cascades to the image, its likes, reports and reproductions
 
 
 @transaction.atomic

@@ -46,7 +46,7 @@ def image_detail(request, image_id):
         "teams": teams_for_user(user) if is_owner else [],
         "visibilities": Visibility.choices,
         "liked": user.is_authenticated and Like.objects.filter(image=image, user=user).exists(),
-        "trajectory": image.output.job.trajectory,
+        "trajectory": image.output.trajectory,
         "remix_url": reverse("generate") + "?" + services.remix_query(image.output.recipe),
         "my_collections": collections.collections_owned(user),
         "reproductions": reproductions_for(user=user, image=image),
@@ -160,10 +160,16 @@ def _listing(request, *, scope: str, title: str, team=None):
     page = Paginator(images, PAGE_SIZE).get_page(params.get("page"))
     query = params.copy()
     query.pop("page", None)
+    errors = selectors.search_errors(
+        query=params.get("q", ""), model=params.get("model", ""),
+        sampler=params.get("sampler", ""), seed=params.get("seed", ""),
+    )
     context = {"page": page, "title": title, "scope": scope, "team": team,
+               "search_errors": errors,
                "teams": teams_for_user(request.user) if request.user.is_authenticated else [],
                "params": params, "query": query.urlencode()}
-    return render(request, "gallery/list.html", context)
+    # The page still renders, with the message by the field; the status says it was refused.
+    return render(request, "gallery/list.html", context, status=400 if errors else 200)
 
 
 def gallery_public(request):

@@ -1,6 +1,13 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_delete
 
 
 class GenerationConfig(AppConfig):
     name = "generation"
     verbose_name = "Generation"
+
+    def ready(self):
+        from .files import output_deleted
+        from .models import Output
+
+        post_delete.connect(output_deleted, sender=Output, dispatch_uid="generation.output_file")

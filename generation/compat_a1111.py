@@ -12,28 +12,40 @@ Studio unchanged (DESIGN §6): `POST /sdapi/v1/txt2img` and `GET /sdapi/v1/sampl
   fields Studio has never heard of are ignored, as A1111 ignores them.
 - Auth: HTTP Basic with the username and an API token (A1111's `--api-auth`), or Bearer.
 - Errors: 422 for a request that cannot run, as A1111's FastAPI answers, with
-  `{"detail": message, "errors": {field: message}}` naming A1111's fields.
+  `{"detail": message, "errors": {field: message}}` naming A1111's fields; 413 for a body
+  over DATA_UPLOAD_MAX_MEMORY_SIZE.
 """
 
 import base64
 import json
-import re
+from string import hexdigits
 from typing import Any
 
+from asgiref.sync import sync_to_async
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse
 from django.utils import timezone
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from pydantic import BaseModel, ConfigDict
 
-from studio.api import Text, TokenBasic, TokenBearer, validation_errors
+from studio.api import (
+    JsonParser,
+    Text,
+    TokenBasic,
+    TokenBearer,
+    body_too_big,
+    clip,
+    read_body,
+    validation_errors,
+)
 
 from . import engine, recipes, registry, services, waiting
 from .models import Job, Output
 
 api = NinjaAPI(
     title="AUTOMATIC1111-compatible API", version="1", urls_namespace="a1111",
-    openapi_url=None, docs_url=None, auth=[TokenBasic(), TokenBearer()],
+    openapi_url=None, docs_url=None, auth=[TokenBasic(), TokenBearer()], parser=JsonParser(),
 )
 
 
@@ -59,6 +71,11 @@ def _a1111_error(request: HttpRequest, exc: A1111Error) -> HttpResponse:
 @api.exception_handler(ValidationError)
 def _invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     return _a1111_error(request, A1111Error(422, validation_errors(exc)))
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    return _a1111_error(request, A1111Error(413, {"body": body_too_big()}))
 
 
 @api.exception_handler(AuthenticationError)
@@ -113,7 +130,28 @@ SCHEDULERS = {"automatic": "Automatic", "uniform": "Uniform", "karras": "Karras"
 # Studio's recipe fields as A1111's requests name them.
 FIELDS = {"guidance_scale": "cfg_scale", "sampler": "sampler_name",
           "model": "override_settings.sd_model_checkpoint"}
-TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]+\]$")
+HEX_DIGITS = frozenset(hexdigits)
+
+
+def model_name(title: str) -> str:
+    """A model's name from its A1111 title, "name [hash]" (the hash in hex) or just "name".
+    By splitting: a regex for the trailing hash backtracks quadratically over whitespace."""
+    head, bracket, digest = title.removesuffix("]").rpartition("[")
+    if title.endswith("]") and bracket and digest and set(digest) <= HEX_DIGITS:
+        return head.rstrip()
+    return title
+
+
+# Scripts or settings one request may name; real clients send a handful.
+MAX_NAMED = 32
+
+
+class OverrideSettings(BaseModel):
+    """The model by its title (null is refused by name); other keys must match OPTIONS_OFF."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sd_model_checkpoint: Text = ""
 
 
 class Txt2ImgIn(BaseModel):
@@ -127,9 +165,9 @@ class Txt2ImgIn(BaseModel):
     seed: int | None = -1
     subseed: int | None = -1
     subseed_strength: float = 0.0
-    sampler_name: str | None = None
-    sampler_index: str | None = None
-    scheduler: str | None = None
+    sampler_name: Text | None = None
+    sampler_index: Text | None = None
+    scheduler: Text | None = None
     steps: int | None = None
     cfg_scale: float | None = None
     width: int | None = None
@@ -137,25 +175,43 @@ class Txt2ImgIn(BaseModel):
     batch_size: int = 1
     n_iter: int = 1
     send_images: bool = True
-    override_settings: dict[str, Any] | None = None
+    override_settings: OverrideSettings | None = None
     alwayson_scripts: dict[str, Any] | None = None
 
 
+def script_error(script: Any) -> str | None:
+    """What is wrong with an `alwayson_scripts` entry, `{"args": [...]}` or the bare list; None
+    when its args are empty or start with false (A1111's "enabled")."""
+    args = script.get("args") if isinstance(script, dict) else script
+    if args is None:
+        return None
+    if not isinstance(args, list):
+        return 'Send an object with an "args" list.'
+    if args and args[0] is not False:
+        return "Extension scripts are not supported."
+    return None
+
+
 def unsupported(body: Txt2ImgIn) -> dict[str, str]:
-    """An error for each feature the request switches on that Studio does not have."""
+    """An error for each feature switched on that Studio lacks, and each malformed script."""
     errors = {}
     extra = body.model_extra or {}
     for field, (feature, off) in OFF.items():
         if field in extra and extra[field] not in off:
             hint = f"send {json.dumps(off[0])} or leave it out"
             errors[field] = f"{feature} is not supported; {hint}."
-    for name, script in (body.alwayson_scripts or {}).items():
-        args = script.get("args") if isinstance(script, dict) else script
-        if args and args[0] is not False:
-            errors[f"alwayson_scripts.{name}"] = "Extension scripts are not supported."
-    for key, value in (body.override_settings or {}).items():
-        if key != "sd_model_checkpoint" and value not in OPTIONS_OFF.get(key, ()):
-            errors[f"override_settings.{key}"] = "This setting cannot be changed here."
+    scripts = body.alwayson_scripts or {}
+    overrides = (body.override_settings.model_extra if body.override_settings else None) or {}
+    # One error a key would make a refusal as large as the request, rendered on the loop.
+    for field, named in (("alwayson_scripts", scripts), ("override_settings", overrides)):
+        if len(named) > MAX_NAMED:
+            errors[field] = f"At most {MAX_NAMED} entries."
+    for name, script in scripts.items() if len(scripts) <= MAX_NAMED else ():
+        if (error := script_error(script)) is not None:
+            errors[f"alwayson_scripts.{clip(name)}"] = error
+    for key, value in overrides.items() if len(overrides) <= MAX_NAMED else ():
+        if value not in OPTIONS_OFF.get(key, ()):
+            errors[f"override_settings.{clip(key)}"] = "This setting cannot be changed here."
     if body.n_iter < 1:
         errors["n_iter"] = "Must be 1 or more."
     return errors
@@ -188,10 +244,10 @@ def job_params(body: Txt2ImgIn) -> dict:
     subseed = body.subseed
     if subseed is None or subseed < 0:
         subseed = engine.random_seed() if body.subseed_strength else 0
-    model = (body.override_settings or {}).get("sd_model_checkpoint")
+    title = body.override_settings.sd_model_checkpoint if body.override_settings else ""
     return {
         "prompt": body.prompt, "negative_prompt": body.negative_prompt,
-        "model": TITLE_HASH.sub("", model) if model else None,
+        "model": model_name(title) or None,
         "seed": None if body.seed is None or body.seed < 0 else body.seed,
         "subseed": subseed, "subseed_strength": body.subseed_strength,
         "sampler": studio_sampler(body), "steps": body.steps, "guidance_scale": body.cfg_scale,
@@ -200,9 +256,10 @@ def job_params(body: Txt2ImgIn) -> dict:
     }
 
 
-async def submit(user, body: Txt2ImgIn) -> Job:
+def submit(user, body: Txt2ImgIn) -> Job:
+    """Validate and queue like the generate page: A1111Error names the fields at fault."""
     try:
-        return await waiting.submit(user=user, params=job_params(body))
+        return services.job_submit(user=user, recipe=recipes.recipe_from_params(job_params(body)))
     except recipes.InvalidParams as exc:
         errors = {FIELDS.get(k, k): v for k, v in exc.errors.items()}
         if "batch_size" in errors and body.n_iter > 1:
@@ -244,11 +301,18 @@ def info(job: Job, outputs: list[Output]) -> dict:
     }
 
 
+@sync_to_async
+def read_and_submit(request: HttpRequest) -> tuple[Txt2ImgIn, Job]:
+    """Read, translate, validate and queue, in a thread: CPU work on the caller's data."""
+    body = read_body(request, Txt2ImgIn)
+    return body, submit(request.auth, body)
+
+
 @api.post("/txt2img")
-async def txt2img(request: HttpRequest, body: Txt2ImgIn):
+async def txt2img(request: HttpRequest):
     """Make the images and answer when they exist: an async view, so the wait holds no
-    thread (generation/waiting.py)."""
-    job = await submit(request.auth, body)
+    thread (generation/waiting.py). The body is Txt2ImgIn, read by read_and_submit."""
+    body, job = await read_and_submit(request)
     try:
         outputs = await waiting.wait_for_outputs(job)
     except waiting.NoImages as exc:
@@ -256,7 +320,8 @@ async def txt2img(request: HttpRequest, body: Txt2ImgIn):
     pngs = await waiting.read_pngs(outputs) if body.send_images else []
     return {
         "images": [base64.b64encode(png).decode() for png in pngs],
-        "parameters": body.model_dump(),
+        # Not the scripts or unknown fields: whatever was sent, encoded on the event loop.
+        "parameters": body.model_dump(exclude={"alwayson_scripts", *(body.model_extra or ())}),
         "info": json.dumps(info(job, outputs)),
     }
 
@@ -326,8 +391,9 @@ def sd_models(request: HttpRequest):
     models = []
     for name, source in registry.models().items():
         digest = weights_hash(source)
+        # `filename`: A1111's checkpoint path, which clients only show; ours stay private.
         models.append({"title": name, "model_name": name, "hash": digest and digest[:10],
-                       "sha256": digest, "filename": source, "config": None})
+                       "sha256": digest, "filename": name, "config": None})
     return models
 
 

@@ -14,19 +14,29 @@ import re
 import time
 from typing import Literal
 
+from asgiref.sync import sync_to_async
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import reverse
 from ninja import NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from studio.api import Text, TokenBearer, signed_url, validation_errors
+from studio.api import (
+    JsonParser,
+    Text,
+    TokenBearer,
+    body_too_big,
+    read_body,
+    signed_url,
+    validation_errors,
+)
 
 from . import recipes, services, waiting
 from .models import Job, Output
 
 api = NinjaAPI(
     title="OpenAI-compatible images API", version="1", urls_namespace="openai",
-    openapi_url=None, docs_url=None, auth=TokenBearer(),
+    openapi_url=None, docs_url=None, auth=TokenBearer(), parser=JsonParser(),
 )
 
 # Studio's recipe fields as OpenAI's parameters name them.
@@ -59,6 +69,12 @@ def _invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
                                               param=param, code="invalid_value"))
 
 
+@api.exception_handler(RequestDataTooBig)
+def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    return _openai_error(request, OpenAIError(413, body_too_big(), param="body",
+                                              code="request_too_large"))
+
+
 @api.exception_handler(AuthenticationError)
 def _unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
     if request.headers.get("Authorization"):
@@ -87,9 +103,9 @@ class GenerateIn(Schema):
     prompt: Text
     model: Text | None = None
     n: int | None = 1
-    size: str | None = None
+    size: Text | None = None
     response_format: Literal["url", "b64_json"] | None = "url"
-    user: str | None = None
+    user: Text | None = None
     # Studio's extension (the openai package sends it with `extra_body={"seed": 42}`): the
     # batch's base seed, random if left out. Every image's own seed is in its PNG.
     seed: int | None = None
@@ -109,9 +125,10 @@ def job_params(body: GenerateIn) -> dict:
     return params
 
 
-async def submit(user, params: dict) -> Job:
+def submit(user, params: dict) -> Job:
+    """Validate and queue like the generate page: OpenAIError names the parameter at fault."""
     try:
-        return await waiting.submit(user=user, params=params)
+        return services.job_submit(user=user, recipe=recipes.recipe_from_params(params))
     except recipes.InvalidParams as exc:
         first = next(iter(exc.errors))
         message = "; ".join(f"{LABELS.get(k, k)}: {v}" for k, v in exc.errors.items())
@@ -130,12 +147,20 @@ async def finished_outputs(job: Job) -> list[Output]:
         raise OpenAIError(exc.status, exc.message, type=kind) from exc
 
 
+@sync_to_async
+def read_and_submit(request: HttpRequest) -> tuple[GenerateIn, Job]:
+    """The request read, translated, validated and queued, in a thread: all of it is CPU work
+    on the caller's data (JSON, the prompt's tokens), which the event loop must not do."""
+    body = read_body(request, GenerateIn)
+    return body, submit(request.auth, job_params(body))
+
+
 @api.post("/images/generations")
-async def generations(request: HttpRequest, body: GenerateIn):
+async def generations(request: HttpRequest):
     """Make `n` images and answer when they exist: an async view, so the wait holds no thread
-    (generation/waiting.py)."""
-    params = job_params(body)
-    outputs = await finished_outputs(await submit(request.auth, params))
+    (generation/waiting.py). The body is GenerateIn, read by read_and_submit."""
+    body, job = await read_and_submit(request)
+    outputs = await finished_outputs(job)
     if body.response_format == "b64_json":
         pngs = await waiting.read_pngs(outputs)
         data = [{"b64_json": base64.b64encode(png).decode()} for png in pngs]

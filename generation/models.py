@@ -37,8 +37,13 @@ class Job(models.Model):
     # Seconds spent loading, per step and decoding; kept beside the recipe, never in it.
     timings = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
-    # Every k-th step's preview as a data URL, so the gallery can replay the denoising.
+    # No longer written: each output keeps its own frames (Output.trajectory), moved there by
+    # migration 0005. The column goes in a later release, once no deployed worker writes it.
     trajectory = models.JSONField(default=list, blank=True)
+    # The one image of the batch this job keeps and shows, by batch index; None: all of them.
+    # A reproduction re-runs the original's whole batch (the pixels depend on it) but may
+    # hand out only the original's own image: its siblings can be private to someone else.
+    reveals = models.PositiveSmallIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-queued_at"]
@@ -56,6 +61,11 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
+
+    def shows(self, index: int) -> bool:
+        """Whether the image at this batch index may leave the worker: stored, previewed,
+        kept as trajectory frames."""
+        return self.reveals is None or index == self.reveals
 
     @property
     def heartbeat_age(self) -> int | None:
@@ -89,6 +99,9 @@ class Output(models.Model):
     recipe = models.JSONField()
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
+    # Every k-th step's preview of this image alone, [{"step", "image": data URL}], so its
+    # page can replay the denoising without showing the rest of the batch.
+    trajectory = models.JSONField(default=list, blank=True)
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -5,6 +5,7 @@ Validation happens once, loudly, before anything is queued: each bad field gets 
 message, named after the field.
 """
 
+import logging
 from collections.abc import Mapping
 
 from django.conf import settings
@@ -29,6 +30,8 @@ DEFAULTS = {
 }
 INTS = ("steps", "width", "height", "batch_size", "seed", "subseed")
 FLOATS = ("guidance_scale", "subseed_strength")
+
+log = logging.getLogger(__name__)
 
 
 class InvalidParams(Exception):
@@ -58,8 +61,22 @@ def form_initial(params: Mapping) -> dict:
     return initial
 
 
+def too_long(params: Mapping) -> dict[str, str]:
+    """An error for each field longer than STUDIO_MAX_TEXT_CHARS, checked before anything
+    reads them: tokenizing or matching blocked phrases in megabytes would hold a thread."""
+    limit = settings.STUDIO_MAX_TEXT_CHARS
+    return {
+        key: f"Enter at most {limit:,} characters."
+        for key in (*DEFAULTS, "model")
+        if isinstance(value := params.get(key), str) and len(value) > limit
+    }
+
+
 def parse_params(params: Mapping) -> dict:
-    """Types each field; one error per field that is not of its type. Empty means default."""
+    """Types each field; one error per field that is not of its type. Empty means default.
+    Text over STUDIO_MAX_TEXT_CHARS is refused before it is read (too_long)."""
+    if errors := too_long(params):
+        raise InvalidParams(errors)
     values, errors = {}, {}
     for key, default in DEFAULTS.items():
         raw = params.get(key)
@@ -109,10 +126,13 @@ def recipe_from_params(params: Mapping) -> dict:
         raise InvalidParams(
             {"prompt": f"The prompt contains “{blocked}”, which this server does not allow."}
         )
+    name = values.pop("model")
     try:
-        model = registry.get(values.pop("model"))
+        model = registry.get(name)
     except engine.ModelLoadError as exc:
-        raise InvalidParams({"model": f"This model cannot be read right now: {exc}"}) from exc
+        # The reason names the model's files on this server: for the log, not the caller.
+        log.warning("model %r cannot be read: %s", name, exc)
+        raise InvalidParams({"model": "This model cannot be read right now."}) from exc
     if model is None:
         raise InvalidParams({"model": "Unknown model. Choose one of: " + ", ".join(model_names())})
     chosen = {key: value for key, value in values.items() if value is not None}

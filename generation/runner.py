@@ -22,17 +22,18 @@ def run(job: Job) -> str:
     1. Load the model's pipeline (cached per model, device and dtype in this process).
     2. Generate, each step handed to this worker's sidecar process, which draws and
        publishes its preview, writes the heartbeat (which also carries the cancel check)
-       and keeps every k-th preview for the trajectory (generation/sidecar.py).
-    3. Store every image as a PNG carrying its recipe, and finish the job with its outputs
-       in one transaction, or mark it canceled, or failed with a reason a person can read.
+       and keeps every k-th step's frame of each image (generation/sidecar.py).
+    3. Store every image the job shows (Job.shows) as a PNG carrying its recipe, with its
+       frames, and finish the job with its outputs in one transaction, or mark it
+       canceled, or failed with a reason a person can read.
     """
     stored = None
     try:
-        result, trajectory = _generate(job, sidecar.get().begin(job))
+        result, frames = _generate(job, sidecar.get().begin(job))
         if result.canceled:
             outcome = _stopped(job)
         else:
-            stored = _finish(job, result, trajectory)
+            stored = _finish(job, result, frames)
             outcome = "succeeded" if stored is not None else "superseded"
     except SoftTimeLimitExceeded:
         limit = settings.CELERY_TASK_SOFT_TIME_LIMIT
@@ -72,12 +73,11 @@ def announce_loading(job: Job, model: str) -> None:
 
 
 def _generate(job: Job, steps: sidecar.SidecarRun) -> tuple[engine.Result, list[dict]]:
-    """The engine's result, and the trajectory frames the sidecar kept. Its timings include
+    """The engine's result, and the frames the sidecar kept. Its timings include
     `model_load`: the seconds this job waited for the model's pipeline to load, 0 when this
     worker had it loaded already (the default model from the worker's start, see preload)."""
-    recipe = engine.Recipe.from_json(job.recipe)
-    if recipe.threads is None:
-        recipe = replace(recipe, threads=registry.threads())
+    # The server decides the threads, whatever a recipe says (services.job_submit).
+    recipe = replace(engine.Recipe.from_json(job.recipe), threads=registry.threads())
     device, dtype = registry.device()
     try:
         source = recipe.model.source
@@ -96,9 +96,9 @@ def _generate(job: Job, steps: sidecar.SidecarRun) -> tuple[engine.Result, list[
     finally:
         # Every step sent is reported and its heartbeat written before the job is finished,
         # so none can come after, and no step follows the final state.
-        trajectory = steps.end()
+        frames = steps.end()
     result.timings["model_load"] = model_load
-    return result, trajectory
+    return result, frames
 
 
 def preload() -> None:
@@ -126,18 +126,19 @@ def preload() -> None:
              name, device, time.perf_counter() - started)
 
 
-def _finish(job: Job, result, trajectory: list) -> list | None:
-    """Store the images and finish the job. The images took the whole run to make: if the
-    database connection broke meanwhile (a Postgres restart), try once more on a new one.
-    The finish is one transaction, so the failed try left nothing behind but, at most, an
-    unreferenced file."""
+def _finish(job: Job, result, frames: list[dict]) -> list | None:
+    """Store the images the job shows and finish the job; the others (a reproduction's
+    siblings of its original) are dropped here, unstored. The images took the whole run to
+    make: if the database connection broke meanwhile (a Postgres restart), try once more on
+    a new one. The finish is one transaction, so the failed try left nothing behind but, at
+    most, an unreferenced file."""
 
     def finish() -> list | None:
-        outputs = [_output_fields(job, image, recipe)
-                   for image, recipe in zip(result.images, result.recipes, strict=True)]
-        return services.job_finish(
-            job=job, outputs=outputs, timings=result.timings, trajectory=trajectory
-        )
+        outputs = [_output_fields(image, recipe, frames)
+                   for image, recipe in zip(result.images, result.recipes, strict=True)
+                   if job.shows(recipe.batch_index)]
+        # Each output carries its own frames (Output.trajectory).
+        return services.job_finish(job=job, outputs=outputs, timings=result.timings)
 
     try:
         return finish()
@@ -155,14 +156,17 @@ def _stopped(job: Job) -> str:
     return "superseded"
 
 
-def _output_fields(job: Job, image, recipe) -> dict:
+def _output_fields(image, recipe, frames: list[dict]) -> dict:
+    index = recipe.batch_index
     png = engine.png_with_recipe(image, recipe)
     return {
-        "index": recipe.batch_index,
-        "image": ContentFile(png, name=f"{recipe.batch_index}.png"),
+        "index": index,
+        "image": ContentFile(png, name=f"{index}.png"),
         "recipe": recipe.to_json(),
         "width": image.width,
         "height": image.height,
+        "trajectory": [{"step": frame["step"], "image": frame["image"]}
+                       for frame in frames if frame["index"] == index],
     }
 
 

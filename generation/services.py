@@ -17,6 +17,8 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import Count, Exists, F, Min, OuterRef, Q, Subquery
 from django.utils import timezone
 
+from studio.services import user_lock
+
 from . import broadcast
 from .models import Job, Output
 from .signals import job_succeeded
@@ -76,11 +78,20 @@ def check_limits(user) -> None:
         )
 
 
-def job_submit(*, user, recipe: dict) -> Job:
-    """Queue an already-validated recipe and dispatch it once the row is committed."""
-    check_limits(user)
+# The worker decides these from its own settings (runner.py); a recipe's are never obeyed.
+WORKER_DECIDES = ("threads", "device", "dtype")
+
+
+def job_submit(*, user, recipe: dict, reveals: int | None = None) -> Job:
+    """Queue an already-validated recipe, dispatched once committed. The limits are checked
+    and the job inserted under a lock on the user's row, so two submits cannot both take the
+    last free place (held to the end of the caller's transaction). `reveals`: Job.reveals."""
+    recipe = {**recipe, **dict.fromkeys(WORKER_DECIDES)}
     with transaction.atomic():
-        job = Job.objects.create(owner=user, recipe=recipe, total_steps=recipe["steps"])
+        user_lock(user)
+        check_limits(user)
+        job = Job.objects.create(owner=user, recipe=recipe, total_steps=recipe["steps"],
+                                 reveals=reveals)
         transaction.on_commit(lambda: dispatch(job.pk))
         # A user with fewer turns behind them goes ahead of busier users' later jobs.
         transaction.on_commit(announce_queue)
@@ -196,15 +207,13 @@ def job_latest_step(job: Job) -> dict | None:
     return latest
 
 
-def job_finish(
-    *, job: Job, outputs: list[dict], timings: dict, trajectory: list
-) -> list[Output] | None:
+def job_finish(*, job: Job, outputs: list[dict], timings: dict) -> list[Output] | None:
     """Store the outputs and mark the job succeeded, atomically and only for the attempt
     that is still running it. Returns the stored outputs, or None (storing nothing) if the
     job is no longer this attempt's. `job` then holds what was set, as after a re-read."""
     finished = {
         "status": Job.Status.SUCCEEDED, "finished_at": timezone.now(), "step": job.total_steps,
-        "timings": timings, "trajectory": trajectory,
+        "timings": timings,
     }
     with transaction.atomic():
         changed = Job.objects.filter(

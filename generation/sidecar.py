@@ -1,7 +1,9 @@
 """The worker's sidecar: a process beside each worker process that takes a running job's steps
 off the sampling loop. For every step it draws the preview, publishes it to the job's
 websocket group (and keeps it as the job's latest), and writes the heartbeat, which also
-tells whether the run may go on.
+tells whether the run may go on. Every k-th step it also keeps a frame of each image of the
+batch on its own, for that image's page. A job that reveals one image of its batch (a
+reproduction) gets previews and frames of that image alone: its siblings never leave here.
 
 Why a process: done on a thread beside the loop, this work took turns with sampling at the
 interpreter lock and made a one-thread run of the demo model 12-14% slower than the bare
@@ -15,7 +17,8 @@ a time over a socket pair:
     worker -> sidecar   ("begin", job fields) ("step", step, total, preview, elapsed)... ("end",)
     sidecar -> worker   ("stop",) once, if the job was canceled or reaped meanwhile
                         ("failed", reason) once, if a step could not be reported
-                        ("ended", trajectory) after the last step's messages and heartbeat
+                        ("ended", frames) after the last step's messages and heartbeat,
+                        frames: [{"step", "index", "image"}], index being the batch's
 
 and exits when the worker process goes away (its end of the socket closes).
 """
@@ -39,7 +42,7 @@ from .models import Job
 
 log = logging.getLogger(__name__)
 
-# Frames kept for the gallery's replay of the denoising: about this many per job.
+# Frames kept for the gallery's replay of the denoising: about this many per image.
 TRAJECTORY_FRAMES = 24
 # How long the worker waits for the sidecar to finish a job's steps. Past it (a sidecar
 # stuck on a database that does not answer) the job is stored without its trajectory and
@@ -71,7 +74,7 @@ class Sidecar:
         every = max(1, math.ceil(job.total_steps / TRAJECTORY_FRAMES))
         self.conn.send(("begin", {
             "job_id": str(job.pk), "attempt": job.attempt, "group": job.group_name,
-            "every": every,
+            "every": every, "reveals": job.reveals,
         }))
         return SidecarRun(self)
 
@@ -156,7 +159,8 @@ class SidecarRun:
 
     def end(self) -> list[dict]:
         """Wait until every step sent is published and its heartbeat written; the kept
-        trajectory frames. Past END_TIMEOUT, or if the sidecar died, none."""
+        trajectory frames, each of one image of the batch. Past END_TIMEOUT, or if the
+        sidecar died, none."""
         try:
             self.conn.send(("end",))
             while self.conn.poll(END_TIMEOUT):
@@ -270,7 +274,8 @@ class _JobSteps:
     attempt: int
     group: str
     every: int
-    trajectory: list[dict] = field(default_factory=list)
+    reveals: int | None = None  # Job.reveals: the only image of the batch shown, if one
+    frames: list[dict] = field(default_factory=list)  # kept for the images' pages
     unwritten: int | None = None  # the newest step without a heartbeat
     stopped: bool = False  # the worker was told to stop
     failed: bool = False  # a step could not be reported
@@ -289,25 +294,37 @@ class _JobSteps:
             if inbox.empty():
                 self._beat()
         self._beat()  # the last step, if the end message was already waiting
-        self.conn.send(("ended", self.trajectory))
+        self.conn.send(("ended", self.frames))
 
     def _report(self, step: int, total: int, preview, elapsed: float) -> None:
         self.unwritten = step
         if self.failed:
             return  # the run is stopping; its remaining steps are not reported
         try:
-            url = preview_url(preview) if preview is not None else None
+            url = preview_url(preview, self.reveals) if preview is not None else None
             broadcast.send(self.group, {
                 "type": "job.progress", "job": self.job_id, "attempt": self.attempt,
                 "step": step, "total": total, "elapsed": round(elapsed, 3), "preview": url,
             }, keep=True)
+            if url and (step % self.every == 0 or step == total):
+                self._keep_frames(step, preview, url)
         except Exception as exc:  # handed to the worker, which stops the run with it
             log.exception("could not report step %s of job %s", step, self.job_id)
             self.failed = True
             self.conn.send(("failed", f"could not report step {step}: {exc}"))
-            return
-        if url and (step % self.every == 0 or step == total):
-            self.trajectory.append({"step": step, "image": url})
+
+    def _keep_frames(self, step: int, preview: engine.StepPreview, url: str) -> None:
+        """A frame of each image shown, drawn alone: a frame of the whole batch would show
+        its siblings on every image's page, and they may be private. The published preview
+        serves when it is of one image already."""
+        if self.reveals is not None:
+            frames = {self.reveals: url}
+        elif preview.batch_size == 1:
+            frames = {0: url}
+        else:
+            frames = {index: preview_url(preview, index) for index in range(preview.batch_size)}
+        self.frames.extend({"step": step, "index": index, "image": image}
+                           for index, image in frames.items())
 
     def _beat(self) -> None:
         if self.unwritten is None:
@@ -329,7 +346,9 @@ class _JobSteps:
             self.conn.send(("stop",))
 
 
-def preview_url(preview: engine.StepPreview) -> str:
-    """The preview drawn, as a data URL of the format its options name."""
-    data = base64.b64encode(preview.render()).decode()
+def preview_url(preview: engine.StepPreview, index: int | None = None) -> str:
+    """The preview drawn (the whole batch, or its image at `index` alone), as a data URL of
+    the format its options name."""
+    picture = preview.render() if index is None else preview.render(index)
+    data = base64.b64encode(picture).decode()
     return f"data:image/{preview.options.format.lower()};base64,{data}"

@@ -1,6 +1,7 @@
 """The synchronous endpoints (OpenAI's and AUTOMATIC1111's) answer only once the images exist.
-They submit an ordinary job and wait for it here, from an async view: while the job queues
-and runs, the request is a coroutine parked on the event loop, not a thread blocked in a sleep.
+They submit an ordinary job (in a thread: reading and validating the request is CPU work) and
+wait for it here, from an async view: while the job queues and runs, the request is a
+coroutine parked on the event loop, not a thread blocked in a sleep.
 
 How a wait works:
 1. Join the job's channel-layer group (the one its websocket watchers join, DESIGN §5)
@@ -14,13 +15,12 @@ How a wait works:
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
 
-from . import broadcast, recipes, services
+from . import broadcast
 from .models import Job, Output
 
 log = logging.getLogger(__name__)
@@ -35,12 +35,6 @@ class WaitTimeout(Exception):
     def __init__(self, job: Job):
         super().__init__(f"job {job.pk} is still {job.status}")
         self.job = job
-
-
-@sync_to_async
-def submit(*, user, params: Mapping) -> Job:
-    """Validate and queue like the generate page: raises InvalidParams or LimitExceeded."""
-    return services.job_submit(user=user, recipe=recipes.recipe_from_params(params))
 
 
 async def wait_for_job(job: Job, *, timeout: float = WAIT_SECONDS) -> Job:

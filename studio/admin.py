@@ -1,6 +1,10 @@
 from django.contrib import admin
 
+from .forms import AdminLoginForm
 from .models import ApiToken, Membership, Team
+
+# The admin's log-in page is a second door for password guesses: the same allowance holds.
+admin.site.login_form = AdminLoginForm
 
 
 class MembershipInline(admin.TabularInline):

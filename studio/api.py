@@ -6,16 +6,20 @@ Every error is `{"errors": {field: message}}`, with `__all__` for what is not ab
 Why Django Ninja rather than Django REST framework: docs/api.md.
 """
 
+import json
 from collections.abc import Callable, Iterable
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
+import pydantic
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core import signing
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import Field, NinjaAPI, Router, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.parser import Parser
 from ninja.security import APIKeyCookie, APIKeyQuery, HttpBasicAuth, HttpBearer
 from ninja.utils import check_csrf
 
@@ -115,10 +119,15 @@ def error_response(request: HttpRequest, exc: ApiError) -> HttpResponse:
     return response
 
 
+def clip(name: str, limit: int = 64) -> str:
+    """A name the caller chose (a dict key), short enough to quote back in an error."""
+    return name if len(name) <= limit else name[:limit] + "…"
+
+
 def field_name(loc: Iterable) -> str:
     """The field a validation error is about, as the caller spelled it: Ninja reports
     `("body", "payload", "steps")` or `("query", "limit")`."""
-    source, *rest = [str(part) for part in loc]
+    source, *rest = [clip(str(part)) for part in loc]
     if source == "body":
         rest = rest[1:]  # the view's parameter name, not part of the request
     return ".".join(rest) or source
@@ -134,6 +143,62 @@ def validation_errors(exc: ValidationError) -> dict[str, str]:
     return errors
 
 
+def body_too_big() -> str:
+    """What every API answers, with 413, to a body over DATA_UPLOAD_MAX_MEMORY_SIZE. Django
+    refuses to read it (RequestDataTooBig, when the body is first read); left to Django, that
+    is an HTML 400, or Ninja's 500 traceback with DEBUG on."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return f"The request body is larger than {limit:,} bytes, the most this server reads."
+
+
+# A JSON number longer than this is beyond any field's range. Read as a float (infinity past
+# 308 digits), it reaches the field it was sent for, which refuses it by name; as an int it
+# would fail the whole body on Python's limit on the digits of an int (4,300).
+MAX_INT_DIGITS = 64
+
+
+def _int_or_float(digits: str) -> int | float:
+    return int(digits) if len(digits) <= MAX_INT_DIGITS else float(digits)
+
+
+class JsonParser(Parser):
+    """Ninja's JSON parser, reading overlong numbers as floats (MAX_INT_DIGITS). All three
+    APIs (Studio's, OpenAI's and A1111's) parse with it."""
+
+    def parse_body(self, request: HttpRequest) -> Any:
+        return json.loads(request.body, parse_int=_int_or_float)
+
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+def read_body(request: HttpRequest, schema: type[M]) -> M:
+    """The JSON body as `schema`, for a view that declares no body parameter: the async
+    endpoints, which must parse in a thread what Ninja would parse on the event loop.
+
+    Raises RequestDataTooBig, and ValidationError with the locations Ninja gives a body
+    parameter called `body` (so `validation_errors` names the fields the same way).
+    """
+    raw = request.body  # RequestDataTooBig over DATA_UPLOAD_MAX_MEMORY_SIZE
+    try:
+        data = JsonParser().parse_body(request) if raw else {}
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
+        data = None
+    if not isinstance(data, dict):
+        raise ValidationError(
+            [{"loc": ("body",), "msg": "Send a JSON object.", "type": "json_invalid"}]
+        )
+    try:
+        return schema.model_validate(data)
+    except pydantic.ValidationError as exc:
+        errors = [
+            {**error, "loc": ("body", "body", *error["loc"])}
+            for error in exc.errors(include_url=False, include_context=False,
+                                    include_input=False)
+        ]
+        raise ValidationError(errors) from None
+
+
 api = NinjaAPI(
     title="Studio API",
     version="1",
@@ -143,6 +208,7 @@ api = NinjaAPI(
     openapi_url="/schema",
     docs_url="/docs",
     auth=[TokenBearer(), SessionCsrf()],
+    parser=JsonParser(),
 )
 
 
@@ -154,6 +220,11 @@ def _api_error(request: HttpRequest, exc: ApiError) -> HttpResponse:
 @api.exception_handler(ValidationError)
 def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     return error_response(request, ApiError(400, validation_errors(exc)))
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    return error_response(request, ApiError(413, {"body": body_too_big()}))
 
 
 @api.exception_handler(AuthenticationError)
@@ -181,7 +252,8 @@ COMMON_ERRORS = {400: Errors, 401: Errors, 403: Errors}
 # --- Inputs -------------------------------------------------------------------------------
 
 # Postgres text cannot hold NUL: refused at the door as a field error, not a database error.
-Text = Annotated[str, Field(pattern=r"^[^\x00]*$")]
+# Capped at STUDIO_MAX_TEXT_CHARS (as the server started) before anything else reads it.
+Text = Annotated[str, Field(pattern=r"^[^\x00]*$", max_length=settings.STUDIO_MAX_TEXT_CHARS)]
 MAX_PAGE = 100
 MAX_OFFSET = 2**31 - 1  # far beyond any listing, and far below Postgres' OFFSET limit
 

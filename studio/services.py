@@ -1,6 +1,7 @@
 """Account, team and token rules. Views, commands and the websocket auth call these."""
 
 import secrets
+import uuid
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
@@ -15,6 +16,16 @@ class TeamError(Exception):
     """A team change the rules forbid; its message is shown to the user as is."""
 
 
+def user_lock(user) -> None:
+    """Hold the user's row until the caller's transaction ends, so what one user does at
+    once (submitting jobs, creating collections) takes turns: a per-user cap counted and then
+    inserted cannot be passed by concurrent requests. FOR NO KEY UPDATE: rows that only refer
+    to the user (the worker storing their images, their likes) are not held up by it."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("user_lock needs a transaction to hold the lock in")
+    User.objects.select_for_update(no_key=True).filter(pk=user.pk).values_list("pk").first()
+
+
 # --- Teams --------------------------------------------------------------------------------
 
 
@@ -23,7 +34,12 @@ def teams_for_user(user) -> "list[Team]":
 
 
 def get_team_for_user(*, user, team_id) -> Team | None:
-    """The one door to a team: None (a 404 for views) unless the user is a member."""
+    """The one door to a team: None (a 404 for views) unless the user is a member, and for an
+    id that is not a UUID at all (ids also arrive in form fields)."""
+    try:
+        team_id = uuid.UUID(str(team_id))
+    except ValueError:
+        return None
     return Team.objects.filter(pk=team_id, memberships__user=user).first()
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from studio.secret_key import install_secret_key
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -54,11 +56,14 @@ SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("Set SECRET_KEY when DEBUG is off.")
-    SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production-0123456789abcdef"  # noqa: S105
+    # Random per install and git-ignored: a key in the source would let anyone forge this
+    # server's sessions and signed image links.
+    SECRET_KEY = install_secret_key(BASE_DIR / ".run")
 
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
-# Browser websocket connections must come from one of these origins (DESIGN §2). By default,
-# the allowed hosts over http and https; behind a proxy on another port, list them here.
+# Browser websocket connections must come from the page's own origin: scheme, host and port
+# as the request's Host names them (the host one of ALLOWED_HOSTS). Behind a proxy whose scheme
+# or port differs, list the public origin here (docs/security.md).
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
 
 INSTALLED_APPS = [
@@ -256,6 +261,21 @@ LOGGING = {
 # Imported images: refused above this many bytes, or pixels (a decompression-bomb guard).
 STUDIO_IMPORT_MAX_BYTES = envint("STUDIO_IMPORT_MAX_BYTES", 16 * 2**20)
 STUDIO_IMPORT_MAX_PIXELS = envint("STUDIO_IMPORT_MAX_PIXELS", 4096 * 4096)
+
+# --- What one user may send and keep (docs/security.md) ----------------------------------
+# Request bodies Django reads into memory (JSON and form fields, not files): a larger one is
+# refused with 413 before anything parses it.
+DATA_UPLOAD_MAX_MEMORY_SIZE = envint("STUDIO_MAX_BODY_BYTES", 2560 * 1024)
+# Every free-text field a user sends (prompts, names, reasons) is refused above this many
+# characters, checked before any parsing, tokenizing or matching runs on it.
+STUDIO_MAX_TEXT_CHARS = envint("STUDIO_MAX_TEXT_CHARS", 2000)
+STUDIO_MAX_IMPORTS_PER_USER = envint("STUDIO_MAX_IMPORTS_PER_USER", 500)
+STUDIO_MAX_COLLECTIONS_PER_USER = envint("STUDIO_MAX_COLLECTIONS_PER_USER", 100)
+STUDIO_MAX_REPORTS_PER_DAY = envint("STUDIO_MAX_REPORTS_PER_DAY", 20)
+# Failed log-ins per username before further tries wait this long; a client address gets 4x
+# as many (studio/login_throttle.py, ADDRESS_ALLOWANCE).
+STUDIO_LOGIN_MAX_FAILURES = envint("STUDIO_LOGIN_MAX_FAILURES", 5)
+STUDIO_LOGIN_LOCKOUT_SECONDS = envint("STUDIO_LOGIN_LOCKOUT_SECONDS", 900)
 
 # --- Jobs (DESIGN §3) ---------------------------------------------------------------------
 STUDIO_MAX_QUEUED_PER_USER = envint("STUDIO_MAX_QUEUED_PER_USER", 20)

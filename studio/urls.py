@@ -17,6 +17,10 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("signup/", views.signup, name="signup"),
+    # Before Django's own, which it replaces: log-in counts failures (studio.login_throttle).
+    path("accounts/login/", views.LoginView.as_view(), name="login"),
+    path("accounts/password_change/", views.PasswordChangeView.as_view(),
+         name="password_change"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("profile/", views.profile, name="profile"),
     path("profile/tokens/", views.token_create, name="token_create"),

@@ -1,5 +1,6 @@
 from django.contrib import messages
 from django.contrib.auth import get_user_model, login, logout
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
 from django.db import connection
@@ -8,7 +9,15 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from . import services
-from .forms import AddMemberForm, DeleteAccountForm, SignupForm, TeamForm, TokenForm
+from .forms import (
+    AddMemberForm,
+    DeleteAccountForm,
+    LoginForm,
+    PasswordChangeForm,
+    SignupForm,
+    TeamForm,
+    TokenForm,
+)
 from .models import Membership
 
 User = get_user_model()
@@ -23,6 +32,28 @@ def healthz(request):
 
 def home(request):
     return render(request, "home.html")
+
+
+class PasswordChangeView(auth_views.PasswordChangeView):
+    """Django's, with the old password counted against the log-in allowance."""
+
+    form_class = PasswordChangeForm
+
+    def get_form_kwargs(self):
+        return {**super().get_form_kwargs(), "address": self.request.META.get("REMOTE_ADDR", "")}
+
+
+class LoginView(auth_views.LoginView):
+    """Django's log-in page with the failure allowance: a refused try is a 429."""
+
+    form_class = LoginForm
+
+    def form_invalid(self, form):
+        response = super().form_invalid(form)
+        if form.retry_after:
+            response.status_code = 429
+            response["Retry-After"] = str(form.retry_after)
+        return response
 
 
 def signup(request):
@@ -72,7 +103,8 @@ def token_revoke(request, token_id):
 
 @login_required
 def account_delete(request):
-    form = DeleteAccountForm(request.POST or None, user=request.user)
+    form = DeleteAccountForm(request.POST or None, user=request.user,
+                             address=request.META.get("REMOTE_ADDR", ""))
     if request.method == "POST" and form.is_valid():
         user = request.user
         logout(request)

@@ -16,15 +16,40 @@ from django.http.request import split_domain_port, validate_host
 
 from .services import bearer_token, token_authenticate
 
+# A websocket's scope says ws or wss; the page that opened it was served over http or https.
+PAGE_SCHEMES = {"ws": "http", "wss": "https"}
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
-def origin_allowed(origin: str) -> bool:
+
+def origin_allowed(origin: str, *, scheme: str, host: str) -> bool:
+    """Whether a browser's Origin may open a socket: a trusted origin, or exactly this
+    server's own (scheme, host and port, as the request's Host header names them, with the
+    host one of ALLOWED_HOSTS). Another port on the same host is another site: anything
+    else listening there must not be able to open a socket with our visitor's cookie."""
     if origin in settings.CSRF_TRUSTED_ORIGINS:
         return True
-    parts = urlsplit(origin)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(origin)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
         return False
-    domain, _port = split_domain_port(parts.netloc)
-    return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
+    if origin != f"{parts.scheme}://{parts.netloc}":  # a path or a query: not an origin
+        return False
+    ours = _site(PAGE_SCHEMES.get(scheme, ""), host)
+    return (
+        ours is not None
+        and _site(parts.scheme, parts.netloc) == ours
+        and validate_host(ours[1], settings.ALLOWED_HOSTS)
+    )
+
+
+def _site(scheme: str, netloc: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) with the port spelled out, or None for what is not a web site."""
+    if scheme not in DEFAULT_PORTS:
+        return None
+    domain, port = split_domain_port(netloc)
+    if not domain or (port and not port.isdigit()):
+        return None
+    return scheme, domain, int(port) if port else DEFAULT_PORTS[scheme]
 
 
 class WebsocketAuthMiddleware:
@@ -35,7 +60,8 @@ class WebsocketAuthMiddleware:
     async def __call__(self, scope, receive, send):
         headers = dict(scope.get("headers", []))
         origin = headers.get(b"origin", b"").decode("latin-1")
-        if origin and not origin_allowed(origin):
+        host = headers.get(b"host", b"").decode("latin-1")
+        if origin and not origin_allowed(origin, scheme=scope.get("scheme", "ws"), host=host):
             return await WebsocketDenier()(scope, receive, send)
         raw = bearer_token(headers.get(b"authorization", b"").decode("latin-1"))
         if raw:

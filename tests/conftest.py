@@ -21,12 +21,14 @@ PASSWORD = "correct-horse-battery-staple"
 
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
-    """A test database and a broker queue of this run's own (test_studio_<pid>), so test runs
-    side by side on one machine (developers, CI) never meet."""
+    """A test database, a broker queue and cache keys of this run's own (test_studio_<pid>),
+    so test runs side by side on one machine (developers, CI) never meet: the log-in
+    throttle's counters, say, are kept by username in the shared Redis."""
     suffix = str(os.getpid())
     test = settings.DATABASES["default"].setdefault("TEST", {})
     test["NAME"] = f"test_{settings.DATABASES['default']['NAME']}_{suffix}"
     settings.STUDIO_QUEUE = f"{settings.STUDIO_QUEUE}-test-{suffix}"
+    settings.CACHES["default"]["KEY_PREFIX"] = f"studio-test-{suffix}"
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +36,16 @@ def fast_passwords(settings):
     # Real hashing takes about a second a user on the busy 2-core build machines, and only
     # Django's own hasher would be under test.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_login_allowance():
+    """Failed log-ins are counted in Redis, which test runs share: start each test without
+    the counts earlier tests (or another run on this machine) left for the people here."""
+    from studio.login_throttle import login_throttle_clear
+
+    for name in ("alice", "bob", "carol", "admin"):
+        login_throttle_clear(username=name, address="127.0.0.1")
 
 
 @pytest.fixture
@@ -73,6 +85,17 @@ def run_async(coro):
 
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+def job_finished(job, timeout: float = 120):
+    """Wait until a job (run by a real worker) finishes, and return it read anew."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job.refresh_from_db()
+        if job.is_finished:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job.pk} still {job.status} after {timeout}s")
 
 
 @pytest.fixture(scope="session")
@@ -146,6 +169,11 @@ def database_url() -> str:
     return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
+# The name a test worker's Postgres connections carry (libpq reads PGAPPNAME), so a test can
+# pick them out in pg_stat_activity.
+WORKER_APPNAME = "studio-test-worker"
+
+
 class Worker:
     """A real `celery worker` process on the real Redis, pointed at the test database."""
 
@@ -162,7 +190,7 @@ class Worker:
         self.log.parent.mkdir(exist_ok=True)
         env = dict(
             os.environ, DATABASE_URL=database_url(), STUDIO_QUEUE=settings.STUDIO_QUEUE,
-            HF_HUB_OFFLINE="1", **self.env,
+            HF_HUB_OFFLINE="1", PGAPPNAME=WORKER_APPNAME, **self.env,
         )
         cmd = [
             *self.celery, "-A", "studio", "worker", "--loglevel=INFO",

@@ -7,7 +7,9 @@ Recipes (``recipe.py``, ``validation.py``)
     Recipe, ModelRef, SchedulerRef, Versions   the DESIGN §4 recipe; ``to_json()`` and
                                                ``Recipe.from_json(dict)`` give exactly its keys
     build_recipe(*, model, prompt, ...)        defaults filled, validated, sampler resolved
-    validate_recipe(recipe, spec=None)         raises RecipeError(errors: {field: message})
+    validate_recipe(recipe, spec=None)         raises RecipeError(errors: {field: message});
+                                               a scheduler config passes only key by key
+                                               against the model's own (check_scheduler)
     RecipeError, DEFAULT_SAMPLER, DEFAULT_GUIDANCE, DEFAULT_STEPS, SEED_MAX, MAX_BATCH
 
 Models (``models.py``)
@@ -29,13 +31,16 @@ Generation (``generate.py``, ``previews.py``)
         steps, in order, on a reporter thread beside the sampling loop (on the sampling
         thread with on_step_inline); should_cancel() after each model call, on the sampling
         thread, stopping within one step.
-    StepPreview (LatentPreview | DecodedPreview): picklable arrays; render() -> image bytes
+    StepPreview (LatentPreview | DecodedPreview): picklable arrays; render(index=None) ->
+        image bytes, the batch side by side or its image at ``index`` alone
     Previews(vae_every=0, max_size=256, format="WEBP"), fit_latent_rgb(pipeline)
     WeightsMismatchError, GenerationError
 
 PNG metadata and reproduction (``pngmeta.py``, ``reproduce.py``)
     png_with_recipe(image, recipe) -> bytes    tEXt ``parameters`` (A1111) + iTXt ``studio_recipe``
     read_png(bytes) -> (Recipe | None, parameters | None); parse_parameters(text) -> dict
+        (ParametersTooLong over MAX_PARAMETERS_CHARS; a recipe chunk over MAX_RECIPE_CHARS
+        or malformed is a RecipeError: both are read from files users upload)
     compare_images(a, b) -> Comparison(verdict, max_diff, psnr)
     reproduce(recipe, original, *, pipeline) -> (image, Comparison)
 """
@@ -51,7 +56,15 @@ from .models import (
     resolve_device,
     weights_hash,
 )
-from .pngmeta import format_parameters, parse_parameters, png_with_recipe, read_png
+from .pngmeta import (
+    MAX_PARAMETERS_CHARS,
+    MAX_RECIPE_CHARS,
+    ParametersTooLong,
+    format_parameters,
+    parse_parameters,
+    png_with_recipe,
+    read_png,
+)
 from .previews import (
     DecodedPreview,
     LatentPreview,
@@ -84,6 +97,8 @@ __all__ = [
     "DIFFERS",
     "IDENTICAL",
     "MAX_BATCH",
+    "MAX_PARAMETERS_CHARS",
+    "MAX_RECIPE_CHARS",
     "SAMPLERS",
     "SEED_MAX",
     "WITHIN_ONE_LEVEL",
@@ -95,6 +110,7 @@ __all__ = [
     "ModelLoadError",
     "ModelRef",
     "ModelSpec",
+    "ParametersTooLong",
     "Previews",
     "Recipe",
     "RecipeError",

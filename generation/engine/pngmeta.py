@@ -4,18 +4,31 @@ tools read and write, and Studio's ``studio_recipe`` JSON, which reproduces the 
 import contextlib
 import io
 import json
-import re
 from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from .recipe import Recipe
+from .recipe import Recipe, RecipeError
 
 PARAMETERS_KEY = "parameters"
 RECIPE_KEY = "studio_recipe"
 
-# One "Key: value" pair of A1111's settings line; a value with a comma or colon is quoted.
-_SETTING = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# The longest texts read from a PNG, whoever made it. A1111's parameters run to a few KB (two
+# prompts and a line of settings); Studio's recipe JSON to tens of KB (a scheduler config may
+# hold 1000 betas). A text chunk can hold megabytes, and an import reads both.
+MAX_PARAMETERS_CHARS = 64 * 1024
+MAX_RECIPE_CHARS = 2**20
+
+
+class ParametersTooLong(ValueError):
+    """``parameters`` text over MAX_PARAMETERS_CHARS: refused whole, not cut, since a cut
+    prompt would be another recipe."""
+
+    def __init__(self, length: int):
+        super().__init__(
+            f"The parameters text is {length:,} characters long; "
+            f"at most {MAX_PARAMETERS_CHARS:,} are read."
+        )
 
 
 def png_with_recipe(image: Image.Image, recipe: Recipe) -> bytes:
@@ -30,11 +43,25 @@ def png_with_recipe(image: Image.Image, recipe: Recipe) -> bytes:
 
 
 def read_png(data: bytes) -> tuple[Recipe | None, str | None]:
-    """The Studio recipe and the A1111 ``parameters`` text of a PNG, each None when absent."""
+    """The Studio recipe and the A1111 ``parameters`` text of a PNG, each None when absent.
+
+    A ``studio_recipe`` chunk that is not a recipe raises RecipeError (a ValueError): JSON
+    that is malformed, nested too deep, or over MAX_RECIPE_CHARS.
+    """
     with Image.open(io.BytesIO(data)) as image:
         text = dict(getattr(image, "text", {}))
     recipe = text.get(RECIPE_KEY)
-    return (Recipe.from_json(json.loads(recipe)) if recipe else None), text.get(PARAMETERS_KEY)
+    return (_recipe(recipe) if recipe else None), text.get(PARAMETERS_KEY)
+
+
+def _recipe(text: str) -> Recipe:
+    if len(text) > MAX_RECIPE_CHARS:
+        raise RecipeError({"recipe": f"longer than {MAX_RECIPE_CHARS:,} characters"})
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise RecipeError({"recipe": "not JSON"}) from exc
+    return Recipe.from_json(document)
 
 
 def _quote(value: Any) -> str:
@@ -73,12 +100,16 @@ def parse_parameters(text: str) -> dict[str, Any]:
     Returns ``prompt`` and ``negative_prompt`` (either may span lines), ``settings`` with
     every "Key: value" of the last line as text, and the common settings typed: ``steps``,
     ``sampler``, ``cfg_scale``, ``seed``, ``width``, ``height``, ``model``, ``model_hash``,
-    ``subseed`` and ``subseed_strength`` where present.
+    ``subseed`` and ``subseed_strength`` where present. Raises ParametersTooLong for a text
+    over MAX_PARAMETERS_CHARS, before reading any of it.
     """
+    if len(text) > MAX_PARAMETERS_CHARS:
+        raise ParametersTooLong(len(text))
     lines = text.strip().split("\n")
     settings: dict[str, str] = {}
-    if lines and len(_SETTING.findall(lines[-1])) >= 3:
-        settings = {key.strip(): _unquote(value) for key, value in _SETTING.findall(lines.pop())}
+    if lines and len(pairs := _settings(lines[-1])) >= 3:
+        lines.pop()
+        settings = {key.strip(): _unquote(value) for key, value in pairs}
     prompt, negative, in_negative = [], [], False
     for line in lines:
         if line.startswith("Negative prompt:"):
@@ -91,6 +122,69 @@ def parse_parameters(text: str) -> dict[str, Any]:
         "settings": settings,
         **_typed(settings),
     }
+
+
+# A1111 reads its settings line with the regex
+#     \s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)
+# whose key and leading-space parts backtrack over each other: quadratic in a long run of
+# words or spaces. The functions below read the same grammar in one pass.
+_KEY_MARKS = " -/"
+
+
+def _settings(line: str) -> list[tuple[str, str]]:
+    """Every (key, raw value) of a settings line, in order: a key is two or more word
+    characters, spaces, hyphens or slashes, starting with a word character, just before a
+    colon; its value is a JSON-quoted string followed by a comma or the end, or else
+    everything up to the next comma. Text that is neither is skipped."""
+    pairs = []
+    start = 0
+    while (colon := line.find(":", start)) >= 0:
+        key = _key_before(line, start, colon)
+        if key is None:
+            start = colon + 1
+            continue
+        value, start = _value_after(line, colon + 1)
+        pairs.append((key, value))
+    return pairs
+
+
+def _is_word(char: str) -> bool:
+    return char.isalnum() or char == "_"  # what \w matches in a str pattern
+
+
+def _key_before(line: str, start: int, colon: int) -> str | None:
+    """The key that ends at ``colon`` and begins at or after ``start``, if any."""
+    first = colon
+    while first > start and (_is_word(line[first - 1]) or line[first - 1] in _KEY_MARKS):
+        first -= 1
+    while first < colon and not _is_word(line[first]):
+        first += 1
+    return line[first:colon] if colon - first >= 2 else None
+
+
+def _value_after(line: str, position: int) -> tuple[str, int]:
+    """The raw value that starts at ``position`` (after the colon), and where the next pair
+    may start."""
+    while position < len(line) and line[position].isspace():
+        position += 1
+    if line.startswith('"', position):
+        end = _closing_quote(line, position + 1)
+        if end is not None and end > position + 1 and line[end + 1 : end + 2] in (",", ""):
+            return line[position : end + 1], end + 2
+    comma = line.find(",", position)
+    if comma < 0:
+        return line[position:], len(line)
+    return line[position:comma], comma + 1
+
+
+def _closing_quote(line: str, position: int) -> int | None:
+    """The index of the quote that closes a string whose text starts at ``position``, where a
+    backslash escapes the character after it; None if the line ends first."""
+    while position < len(line):
+        if line[position] == '"':
+            return position
+        position += 2 if line[position] == "\\" else 1
+    return None
 
 
 def _unquote(value: str) -> str:

@@ -126,8 +126,17 @@ class LatentPreview:
     latent_rgb: LatentRGB
     options: Previews
 
-    def render(self) -> bytes:
-        x0 = x0_from(self.model_output, self.model_input, self.alpha_bar, self.prediction_type)
+    @property
+    def batch_size(self) -> int:
+        return len(self.model_output)
+
+    def render(self, index: int | None = None) -> bytes:
+        """The whole batch side by side, or only the image at ``index`` of it."""
+        output = self.model_output
+        model_input = self.model_input[-len(output) :]
+        if index is not None:
+            output, model_input = one_of(output, index), one_of(model_input, index)
+        x0 = x0_from(output, model_input, self.alpha_bar, self.prediction_type)
         return encode(self.latent_rgb.project(x0), self.options)
 
 
@@ -138,8 +147,21 @@ class DecodedPreview:
     rgb: np.ndarray  # float32, (B, 3, H, W)
     options: Previews
 
-    def render(self) -> bytes:
-        return encode(self.rgb, self.options)
+    @property
+    def batch_size(self) -> int:
+        return len(self.rgb)
+
+    def render(self, index: int | None = None) -> bytes:
+        """The whole batch side by side, or only the image at ``index`` of it."""
+        return encode(self.rgb if index is None else one_of(self.rgb, index), self.options)
+
+
+def one_of(batch: np.ndarray, index: int) -> np.ndarray:
+    """The batch's image at ``index``, still a batch (of one). An index outside the batch is
+    an error, never an empty picture."""
+    if not 0 <= index < len(batch):
+        raise IndexError(f"image {index} of a batch of {len(batch)}")
+    return batch[index : index + 1]
 
 
 StepPreview = LatentPreview | DecodedPreview

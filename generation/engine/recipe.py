@@ -6,6 +6,8 @@ worker knows (device, dtype, threads). Its JSON form is a contract users' script
 """
 
 import math
+import os
+import reprlib
 from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import metadata
@@ -21,7 +23,14 @@ MAX_BATCH = 8
 SIZE_MULTIPLE = 8
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("cpu", "cuda")
+# torch's intra-op threads a recipe may pin. Not this machine's core count: a run reproduces
+# bit for bit only at the recorded count, which a smaller machine may still run, slower.
+MAX_THREADS = max(256, os.cpu_count() or 1)
+# Far beyond any text encoder's window: a longer prompt is refused before it is tokenized.
+MAX_PROMPT_CHARS = 10_000
 
+# Far above any diffusers scheduler's settings; a config with more is not one.
+MAX_CONFIG_KEYS = 256
 DEFAULT_SAMPLER = "DDIM"
 # The demo model's measured default (generation/demo_model, issue 4): adherence is highest
 # at guidance 1-3 and falls from 5 on.
@@ -132,13 +141,17 @@ class Recipe:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Recipe":
-        """The inverse of ``to_json``; a malformed document raises RecipeError, by field."""
+        """The inverse of ``to_json``; a malformed document raises RecipeError, by field.
+
+        Only the shapes are checked here (the parts are objects of strings, the scheduler's
+        config an object); ``validate_recipe`` checks the values.
+        """
         try:
             model = ModelRef(**data["model"])
             scheduler = data.get("scheduler")
             versions = data.get("versions")
             fields = {key: data[key] for key in _SCALARS if key in data}
-            return cls(
+            recipe = cls(
                 model=model,
                 scheduler=None
                 if scheduler is None
@@ -146,8 +159,43 @@ class Recipe:
                 versions=None if versions is None else Versions(**versions),
                 **fields,
             )
-        except (KeyError, TypeError) as exc:
+        except (AttributeError, KeyError, TypeError) as exc:
             raise RecipeError({"recipe": f"not a Studio recipe: {exc}"}) from exc
+        if errors := _shape_errors(recipe):
+            raise RecipeError(errors)
+        return recipe
+
+
+def _shape_errors(recipe: Recipe) -> dict[str, str]:
+    """Errors of the parts whose values other code reads as given: names, hashes, versions,
+    the prompts; and no field nested deeper than a recipe nests (a list a thousand levels
+    deep is a RecursionError for whatever walks it next)."""
+    texts = {f"model.{key}": value for key, value in vars(recipe.model).items()}
+    if recipe.versions is not None:
+        texts.update({f"versions.{key}": value for key, value in vars(recipe.versions).items()})
+    if recipe.scheduler is not None:
+        texts["scheduler.class"] = recipe.scheduler.class_name
+    texts.update({key: getattr(recipe, key) for key in ("prompt", "negative_prompt", "sampler")})
+    errors = {key: "must be text" for key, value in texts.items() if not isinstance(value, str)}
+    errors.update({key: "must be one value" for key in _SCALARS
+                   if isinstance(getattr(recipe, key), list | dict)})
+    if recipe.scheduler is not None:
+        errors.update(_config_shape_errors(recipe.scheduler.config))
+    return errors
+
+
+def _config_shape_errors(config: Any) -> dict[str, str]:
+    """A scheduler config is flat: each setting a value or a list of numbers (the betas)."""
+    if not isinstance(config, dict):
+        return {"scheduler.config": "must be an object of scheduler settings"}
+    if len(config) > MAX_CONFIG_KEYS:  # before anything iterates over it
+        return {"scheduler.config": f"has {len(config)} settings; the most is {MAX_CONFIG_KEYS}"}
+    return {
+        f"scheduler.config.{key}": "must be a value or a list of numbers"
+        for key, value in config.items()
+        if isinstance(value, dict)
+        or (isinstance(value, list) and not all(_is_number(v) for v in value))
+    }
 
 
 _SCALARS = (
@@ -178,6 +226,22 @@ class ModelLimits:
     max_prompt_tokens: int
 
 
+def _short_repr() -> reprlib.Repr:
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = short.maxlong = 60
+    short.maxlist = short.maxdict = 4
+    short.maxlevel = 2
+    return short
+
+
+_SHOWN = _short_repr()
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut short: a message may quote a value a user sent, never all of it."""
+    return _SHOWN.repr(value)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -188,12 +252,12 @@ def _is_number(value: Any) -> bool:
 
 def _check_range(errors: dict, key: str, value: Any, low: int, high: int) -> None:
     if not _is_int(value) or not low <= value <= high:
-        errors[key] = f"must be a whole number from {low} to {high}, not {value!r}"
+        errors[key] = f"must be a whole number from {low} to {high}, not {shown(value)}"
 
 
 def _check_size(errors: dict, key: str, value: Any, limits: ModelLimits) -> None:
     if not _is_int(value) or value % SIZE_MULTIPLE:
-        errors[key] = f"must be a multiple of {SIZE_MULTIPLE}, not {value!r}"
+        errors[key] = f"must be a multiple of {SIZE_MULTIPLE}, not {shown(value)}"
     elif not limits.min_size <= value <= limits.max_size:
         errors[key] = (
             f"must be from {limits.min_size} to {limits.max_size} for this model, not {value}"
@@ -206,22 +270,22 @@ def check_numbers(recipe: Recipe, limits: ModelLimits) -> dict[str, str]:
     _check_range(errors, "steps", recipe.steps, 1, MAX_STEPS)
     if not _is_number(recipe.guidance_scale) or not 0 <= recipe.guidance_scale <= MAX_GUIDANCE:
         errors["guidance_scale"] = (
-            f"must be a number from 0 to {MAX_GUIDANCE:g}, not {recipe.guidance_scale!r}"
+            f"must be a number from 0 to {MAX_GUIDANCE:g}, not {shown(recipe.guidance_scale)}"
         )
     _check_range(errors, "seed", recipe.seed, 0, SEED_MAX)
     _check_range(errors, "subseed", recipe.subseed, 0, SEED_MAX)
     strength = recipe.subseed_strength
     if not _is_number(strength) or not 0 <= strength <= 1:
-        errors["subseed_strength"] = f"must be a number from 0 to 1, not {strength!r}"
+        errors["subseed_strength"] = f"must be a number from 0 to 1, not {shown(strength)}"
     _check_range(errors, "batch_size", recipe.batch_size, 1, MAX_BATCH)
     if "batch_size" not in errors:
         _check_range(errors, "batch_index", recipe.batch_index, 0, recipe.batch_size - 1)
     _check_size(errors, "width", recipe.width, limits)
     _check_size(errors, "height", recipe.height, limits)
-    if recipe.threads is not None and (not _is_int(recipe.threads) or recipe.threads < 1):
-        errors["threads"] = f"must be a positive whole number, not {recipe.threads!r}"
+    if recipe.threads is not None:
+        _check_range(errors, "threads", recipe.threads, 1, MAX_THREADS)
     if recipe.dtype is not None and recipe.dtype not in DTYPES:
-        errors["dtype"] = f"must be one of {', '.join(DTYPES)}, not {recipe.dtype!r}"
+        errors["dtype"] = f"must be one of {', '.join(DTYPES)}, not {shown(recipe.dtype)}"
     if recipe.device is not None and recipe.device not in DEVICES:
-        errors["device"] = f"must be one of {', '.join(DEVICES)}, not {recipe.device!r}"
+        errors["device"] = f"must be one of {', '.join(DEVICES)}, not {shown(recipe.device)}"
     return errors

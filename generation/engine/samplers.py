@@ -3,7 +3,8 @@
 A scheduler is built with ``from_config`` on the model's own scheduler config, so the model's
 training schedule (betas, prediction type, timestep spacing) carries over; the sampler's name
 decides only how it steps. The config it resolves to is recorded in the recipe in full, so a
-stock scheduler class given that config steps exactly the same.
+stock scheduler class given that config steps exactly the same. A recorded config read back
+from elsewhere is built only once ``check_scheduler`` has matched it to that resolution.
 """
 
 import functools
@@ -32,7 +33,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .recipe import SchedulerRef
+from .recipe import SchedulerRef, shown
 
 _KARRAS = {"use_karras_sigmas": True}
 _DPMPP_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
@@ -215,6 +216,93 @@ def scheduler_ref(scheduler: SchedulerMixin) -> SchedulerRef:
             raise ValueError(f"{cls.__name__}.{key} = {value} cannot be recorded in a recipe")
         config[key] = value
     return SchedulerRef(class_name=cls.__name__, config=config)
+
+
+# Knobs that only place, clip or finish a run's steps, neither the model's schedule nor the
+# sampler's method: a recipe made elsewhere (another Studio, other diffusers defaults) may set
+# them otherwise, to one of these values (typed: a bool is a bool). Every value here builds
+# every sampler's scheduler (tests/generation/test_recipe_trust.py).
+TUNABLE: dict[str, tuple[Any, ...]] = {
+    "timestep_spacing": ("leading", "linspace", "trailing"),
+    "steps_offset": (0, 1),
+    "final_sigmas_type": ("zero", "sigma_min"),
+    **{key: (False, True) for key in (
+        "clip_sample", "set_alpha_to_one", "thresholding", "lower_order_final", "euler_at_final",
+    )},
+}
+
+
+def check_scheduler(
+    ref: SchedulerRef, name: str, base_config: dict[str, Any], seed: int, batch_size: int = 1
+) -> dict[str, str]:
+    """Errors of a recipe's scheduler, keyed ``scheduler.class`` and ``scheduler.config.KEY``.
+
+    A recipe may come from anywhere (a PNG's text chunk), and ``from_config`` builds whatever
+    its config says: num_train_timesteps=1e9 is gigabytes of betas. So it is checked, without
+    building anything, against the ref Studio resolves for this model and sampler:
+    1. the class is the sampler's;
+    2. every key is one of that ref's keys, with that ref's value (same JSON type, same
+       value; lists of the same length), or for a TUNABLE key one of its values;
+    3. a key left out means the class's default, which must pass the same rule.
+    """
+    expected = resolved_ref(name, base_config, seed, batch_size)
+    if ref.class_name != expected.class_name:
+        return {"scheduler.class": f"must be {expected.class_name} for the sampler {name!r}, "
+                                   f"not {shown(ref.class_name)}"}
+    config, known = ref.config, expected.config
+    if not isinstance(config, dict):
+        return {"scheduler.config": "must be an object of scheduler settings"}
+    # Before anything iterates over a config of any size; a few strays are named one by one.
+    if len(config) > 2 * len(known):
+        return {"scheduler.config": f"has {len(config)} settings; {ref.class_name} has "
+                                    f"{len(known)}"}
+    errors = {}
+    for key, value in config.items():
+        label = f"scheduler.config.{key if isinstance(key, str) else shown(key)}"
+        if key not in known:
+            errors[label] = f"is not a setting of {ref.class_name}"
+        elif problem := _value_problem(key, value, known[key]):
+            errors[label] = problem
+    defaults = _defaults(ref.class_name)
+    for key in known.keys() - config.keys():
+        default = defaults.get(key, known[key])  # a key the class ignores stays ignored
+        if _value_problem(key, default, known[key]):
+            errors[f"scheduler.config.{key}"] = (
+                f"is missing, and {ref.class_name}'s default ({shown(default)}) is not the "
+                "value this model and sampler use"
+            )
+    return errors
+
+
+def _value_problem(key: str, value: Any, expected: Any) -> str | None:
+    if _same(value, expected):
+        return None
+    if key in TUNABLE:
+        if any(_same(value, allowed) for allowed in TUNABLE[key]):
+            return None
+        return f"must be one of {', '.join(map(repr, TUNABLE[key]))}, not {shown(value)}"
+    if isinstance(expected, list | tuple):
+        return f"must be the {len(expected)} values this model and sampler use"
+    return f"must be {expected!r} for this model and sampler, not {shown(value)}"
+
+
+def _same(value: Any, expected: Any) -> bool:
+    """Equal and of the same JSON type (True is not 1; 1000.0 is not 1000). Recursion follows
+    ``expected``, Studio's own value, and a list's length is compared before its items."""
+    if isinstance(expected, list | tuple):
+        return (
+            isinstance(value, list | tuple)
+            and len(value) == len(expected)
+            and all(_same(v, e) for v, e in zip(value, expected, strict=True))
+        )
+    return type(value) is type(expected) and value == expected
+
+
+@functools.cache
+def _defaults(class_name: str) -> dict[str, Any]:
+    """The keyword defaults of a scheduler class's constructor, by name."""
+    parameters = inspect.signature(scheduler_class(class_name).__init__).parameters
+    return {key: p.default for key, p in parameters.items() if p.default is not p.empty}
 
 
 def scheduler_class(name: str) -> type[SchedulerMixin] | None:

@@ -7,20 +7,23 @@ from .recipe import (
     DEFAULT_GUIDANCE,
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
+    MAX_PROMPT_CHARS,
     ModelRef,
     Recipe,
     RecipeError,
     check_numbers,
+    shown,
 )
-from .samplers import SAMPLERS, resolved_ref, scheduler_class
+from .samplers import SAMPLERS, check_scheduler, resolved_ref
 from .seeds import random_seed
 
 
 def validate_recipe(recipe: Recipe, spec: ModelSpec | None = None) -> None:
     """Raise RecipeError with one message per bad field; ``spec`` defaults to the model's own.
 
-    Prompts longer than the text encoder reads are errors: the pipeline would cut them
-    silently, and the image would not show what the recipe says.
+    Every door calls this before a recipe is queued, and ``generate`` again before it builds
+    anything, so a recipe read from a file is checked like one Studio made: numbers in their
+    ranges, and a scheduler config key by key against the model's (``check_scheduler``).
     """
     if spec is None:
         try:
@@ -28,19 +31,30 @@ def validate_recipe(recipe: Recipe, spec: ModelSpec | None = None) -> None:
         except ModelLoadError as exc:
             raise RecipeError({"model": f"cannot be read: {exc}"}) from exc
     errors = check_numbers(recipe, spec.limits)
-    if recipe.sampler not in SAMPLERS:
-        errors["sampler"] = f"unknown sampler {recipe.sampler!r}; known: {', '.join(SAMPLERS)}"
-    if recipe.scheduler is not None and scheduler_class(recipe.scheduler.class_name) is None:
-        errors["scheduler"] = f"{recipe.scheduler.class_name!r} is not a diffusers scheduler"
-    limit = spec.limits.max_prompt_tokens
+    if not isinstance(recipe.sampler, str) or recipe.sampler not in SAMPLERS:
+        errors["sampler"] = f"unknown sampler {shown(recipe.sampler)}; known: {', '.join(SAMPLERS)}"
+    # The expected scheduler depends on these (the SDE sampler's seeds), so only valid ones.
+    if recipe.scheduler is not None and not errors.keys() & {"sampler", "seed", "batch_size"}:
+        errors.update(check_scheduler(recipe.scheduler, recipe.sampler, spec.scheduler_config,
+                                      recipe.seed, recipe.batch_size))
+    errors.update(_prompt_errors(recipe, spec))
+    if errors:
+        raise RecipeError(errors)
+
+
+def _prompt_errors(recipe: Recipe, spec: ModelSpec) -> dict[str, str]:
+    """Prompts longer than the text encoder reads are errors: the pipeline would cut them
+    silently, and the image would not show what the recipe says."""
+    errors, limit = {}, spec.limits.max_prompt_tokens
     for key in ("prompt", "negative_prompt"):
         text = getattr(recipe, key)
         if not isinstance(text, str):
             errors[key] = "must be text"
+        elif len(text) > MAX_PROMPT_CHARS:  # before the tokenizer reads it
+            errors[key] = f"is {len(text)} characters long; the most is {MAX_PROMPT_CHARS}"
         elif (count := spec.prompt_tokens(text)) > limit:
             errors[key] = f"is {count} tokens long; this model reads at most {limit}"
-    if errors:
-        raise RecipeError(errors)
+    return errors
 
 
 def build_recipe(

@@ -19,7 +19,8 @@ document.querySelectorAll("[data-copy]").forEach((button) => {
   });
 });
 
-// The scrubber: frames 0..n-1 are kept previews (Job.trajectory), position n the final image.
+// The scrubber: frames 0..n-1 are this image's kept previews (Output.trajectory), position n
+// the final image.
 const framesData = document.getElementById("trajectory");
 const scrubber = document.getElementById("scrubber");
 if (framesData && scrubber) {

@@ -3,6 +3,7 @@ live server and, for generation, a real Celery worker."""
 
 import base64
 import io
+import time
 from datetime import timedelta
 
 import pytest
@@ -13,7 +14,7 @@ from PIL import Image as PILImage
 
 from gallery.models import Image
 from generation import broadcast, engine
-from generation.compat_a1111 import A1111Error, Txt2ImgIn, job_params
+from generation.compat_a1111 import A1111Error, Txt2ImgIn, job_params, model_name
 from generation.models import Job
 
 TINY = {"sd_model_checkpoint": "tiny"}
@@ -166,3 +167,20 @@ def keep_progress(job, *, attempt) -> bytes:
         "preview": "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode(),
     }, keep=True)
     return buffer.getvalue()
+
+
+def test_a_model_title_loses_its_hash_suffix_by_a1111s_rule():
+    cases = {"tiny [abc123]": "tiny", "tiny[ABCdef]": "tiny", "tiny \t [0]": "tiny",
+             "a [b] [0f]": "a [b]", "tiny": "tiny", "tiny [xyz]": "tiny [xyz]",
+             "tiny []": "tiny []", "tiny [0f] ": "tiny [0f] ", "[0f]": "", "": ""}
+    for title, name in cases.items():
+        assert model_name(title) == name, title
+
+
+@pytest.mark.parametrize("title", [" " * 10**6, " " * 10**6 + "x", " " * 10**6 + "[0]x",
+                                   "[" * 10**6 + "]", "x [" + "0" * 10**6 + "]",
+                                   "x [" + "0" * 10**6 + "g]"])
+def test_a_hostile_model_title_is_read_in_linear_time(title):
+    started = time.perf_counter()
+    model_name(title)
+    assert time.perf_counter() - started < 0.1

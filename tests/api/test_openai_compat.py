@@ -91,3 +91,23 @@ def test_it_lists_the_models(studio_server, alice, token, tiny):
     assert api.models.retrieve("tiny").owned_by == "studio"
     with pytest.raises(openai.NotFoundError):
         api.models.retrieve("dall-e-9")
+
+
+def test_a_url_answer_stops_working_once_staff_hide_the_image(
+    studio_server, module_worker, alice, admin, bob, token, tiny
+):
+    from gallery import moderation
+
+    answer = client(studio_server, token(alice)).images.generate(
+        prompt="red circle", size="32x32", response_format="url"
+    )
+    url = answer.data[0].url
+    # Whoever holds the link gets the image, even a client that sends its own token.
+    with_bobs_token = urllib.request.Request(url, headers={"Authorization": f"Bearer {token(bob)}"})
+    with urllib.request.urlopen(with_bobs_token, timeout=10) as response:  # noqa: S310
+        assert response.status == 200
+    moderation.images_hide(images=Image.objects.filter(owner=alice), actor=admin, reason="spam")
+    for request in (url, with_bobs_token):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)  # noqa: S310
+        assert refused.value.code == 404

@@ -2,14 +2,13 @@
 reproduction from the image page in Chromium, which shows "identical" (issue 6)."""
 
 import shutil
-import time
 
 import pytest
 from django.conf import settings
 
 from gallery.models import Image, Reproduction
 from generation import recipes, services
-from generation.models import Job
+from tests.conftest import job_finished
 from tests.e2e.conftest import signed_in
 
 pytestmark = pytest.mark.e2e
@@ -20,14 +19,6 @@ def fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
-def wait_for(job: Job, timeout: float = 120) -> Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job.refresh_from_db()
-        if job.is_finished:
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job.pk} still {job.status} after {timeout}s")
 
 
 @pytest.fixture
@@ -44,7 +35,7 @@ def test_reproduce_shows_identical(studio_server, celery_worker, browser, alice,
     recipe = recipes.recipe_from_params({"prompt": "red circle", "model": tiny, "steps": 4,
                                          "seed": 42, "width": 32, "height": 32,
                                          "batch_size": 2})
-    job = wait_for(services.job_submit(user=alice, recipe=recipe))
+    job = job_finished(services.job_submit(user=alice, recipe=recipe))
     outputs_cleaned.append(job.pk)
     assert job.status == "succeeded", job.error
     image = Image.objects.get(output__job=job, output__index=1)  # the second of its batch

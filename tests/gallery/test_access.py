@@ -174,7 +174,7 @@ def test_a_finished_jobs_image_is_found_by_the_words_of_its_prompt(settings, tmp
     recipe = recipe_for("a purple square on a white background")
     job = Job.objects.create(owner=alice, recipe=recipe, status=Job.Status.RUNNING, attempt=1,
                              started_at=timezone.now())
-    outputs = services.job_finish(job=job, timings={}, trajectory=[], outputs=[
+    outputs = services.job_finish(job=job, timings={}, outputs=[
         {"index": 0, "image": ContentFile(png_bytes(), name="0.png"), "recipe": recipe,
          "width": 8, "height": 8},
     ])

@@ -1,9 +1,14 @@
 """Collections: who sees a collection, and which of its images (issue 6)."""
 
+import threading
+
 import pytest
+from django.contrib.messages import get_messages
+from django.db import connection
 from django.urls import reverse
 
 from gallery import collections
+from gallery.limits import LimitReached
 from gallery.models import Collection, Visibility
 
 pytestmark = pytest.mark.django_db
@@ -106,3 +111,49 @@ def test_sharing_a_collection_with_a_team_needs_one_of_your_teams(alice, carol):
     with pytest.raises(collections.GalleryError):
         collections.collection_create(owner=alice, name="x", visibility="team",
                                       team_id=foreign.pk)
+
+
+def said(response) -> str:
+    return " ".join(str(message) for message in get_messages(response.wsgi_request))
+
+
+def test_each_person_keeps_at_most_the_collection_cap(alice, carol, as_viewer, settings):
+    settings.STUDIO_MAX_COLLECTIONS_PER_USER = 2
+    client = as_viewer("alice")
+    for name in ("One", "Two"):
+        client.post(reverse("collection_create"), {"name": name})
+    refused = client.post(reverse("collection_create"), {"name": "Three"})
+    assert refused.status_code == 302 and "2 collections" in said(refused)
+    assert Collection.objects.filter(owner=alice).count() == 2
+    assert collections.collection_create(owner=carol, name="Hers").pk  # a cap per person
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_creates_cannot_pass_the_collection_cap(alice, settings):
+    settings.STUDIO_MAX_COLLECTIONS_PER_USER = 3
+    results = run_together(8, lambda index: collections.collection_create(
+        owner=alice, name=f"Shelf {index}"))
+    assert Collection.objects.filter(owner=alice).count() == 3
+    assert sum(isinstance(result, LimitReached) for result in results) == 5
+
+
+def run_together(count: int, work) -> list:
+    """`work(index)` in `count` threads released at once; each result or exception."""
+    barrier, results = threading.Barrier(count), [None] * count
+
+    def run(index):
+        connection.ensure_connection()  # connecting takes long enough to serialize the threads
+        barrier.wait()
+        try:
+            results[index] = work(index)
+        except Exception as exc:  # noqa: BLE001 (the test counts them)
+            results[index] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results

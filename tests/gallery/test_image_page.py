@@ -11,11 +11,14 @@ from gallery.models import Image, Visibility
 from generation import recipes
 from generation.models import Output
 
+from .conftest import TRAJECTORY
+
 pytestmark = pytest.mark.django_db
 
 
 def test_it_shows_the_whole_recipe_and_the_scrubber(make_image, alice, as_viewer):
     image = make_image(alice, prompt="a blue square")
+    Output.objects.filter(pk=image.pk).update(trajectory=TRAJECTORY)  # the image's own frames
     page = as_viewer("alice").get(reverse("image_detail", args=[image.pk])).content.decode()
     for text in ("a blue square", "DDIM", "studio-demo", 'id="seed">7<', "Copy seed",
                  'type="range" id="scrubber" min="0" max="3"', "frame4"):

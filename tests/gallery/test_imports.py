@@ -2,11 +2,15 @@
 
 import io
 import struct
+import urllib.error
+import urllib.request
 import zlib
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.files.uploadhandler import FileUploadHandler
+from django.test import Client
 from django.urls import reverse
 from PIL import Image as PILImage
 from PIL import PngImagePlugin
@@ -140,7 +144,7 @@ def test_only_complete_png_jpeg_and_webp_are_accepted(media, as_viewer, data, me
 def test_a_file_over_the_size_limit_is_refused(media, settings, as_viewer):
     settings.STUDIO_IMPORT_MAX_BYTES = 1000
     response = upload(as_viewer("alice"), png(size=(300, 300)) + b"\0" * 1000)
-    assert response.status_code == 400 and "larger than" in response.content.decode()
+    assert response.status_code == 413 and "larger than" in response.content.decode()
 
 
 def test_an_image_without_metadata_is_kept_but_offers_nothing(media, as_viewer):
@@ -162,3 +166,85 @@ def test_an_import_is_private_to_its_owner(media, as_viewer, viewer, status):
 def test_uploading_needs_a_login(as_viewer):
     response = as_viewer("anonymous").get(reverse("import_upload"))
     assert response.status_code == 302
+
+
+# --- Streamed with a cap, and a cap per person --------------------------------------------
+
+RECEIVED: list[int] = []  # bytes the storing handlers got, by Recorder
+
+
+class Recorder(FileUploadHandler):
+    """An upload handler in front of Django's own that stores nothing: it counts the bytes that
+    reach the handlers that would store them."""
+
+    def receive_data_chunk(self, raw_data, start):
+        RECEIVED.append(len(raw_data))
+        return raw_data
+
+    def file_complete(self, file_size):
+        return None
+
+
+def test_an_upload_over_the_cap_stops_being_read_and_nothing_is_stored(media, settings,
+                                                                      as_viewer):
+    settings.STUDIO_IMPORT_MAX_BYTES = 100_000
+    settings.FILE_UPLOAD_HANDLERS = ["tests.gallery.test_imports.Recorder",
+                                     *settings.FILE_UPLOAD_HANDLERS]
+    RECEIVED.clear()
+    response = upload(as_viewer("alice"), png() + b"\0" * 2_000_000)
+    assert response.status_code == 413
+    assert "The image file is larger than" in response.content.decode()
+    assert sum(RECEIVED) <= 100_000  # not the whole 2 MB, as Django alone would store it
+    assert not PngImport.objects.exists() and not any(media.iterdir())
+
+
+def multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[bytes, str]:
+    boundary = "studio-test-boundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+             .encode() for name, value in fields.items()]
+    parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+              f'filename="x.png"\r\nContent-Type: image/png\r\n\r\n'.encode() + data + b"\r\n"
+              for name, data in files.items()]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), boundary
+
+
+def test_the_live_server_answers_an_upload_over_the_cap_with_413(studio_server, alice, client,
+                                                                settings, tmp_path):
+    settings.MEDIA_ROOT, settings.STUDIO_IMPORT_MAX_BYTES = tmp_path, 100_000
+    client.force_login(alice)
+    token = "a" * 32  # a CSRF secret of our own, sent as cookie and form field alike
+    body, boundary = multipart({"csrfmiddlewaretoken": token},
+                               {"image": png() + b"\0" * 3_000_000})
+    request = urllib.request.Request(
+        studio_server.url + reverse("import_upload"), data=body, method="POST", headers={
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "Cookie": f"sessionid={client.cookies['sessionid'].value}; csrftoken={token}",
+        })
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)  # noqa: S310
+    assert refused.value.code == 413
+    assert "The image file is larger than" in refused.value.read().decode()
+    assert not PngImport.objects.exists() and not any(tmp_path.iterdir())
+
+
+def test_the_upload_form_still_needs_its_csrf_token(media, alice):
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(alice)
+    response = browser.post(reverse("import_upload"),
+                            {"image": SimpleUploadedFile("x.png", png(), "image/png")})
+    assert response.status_code == 403 and not PngImport.objects.exists()
+    browser.get(reverse("import_upload"))
+    token = browser.cookies["csrftoken"].value
+    response = browser.post(reverse("import_upload"), {
+        "csrfmiddlewaretoken": token, "image": SimpleUploadedFile("x.png", png(), "image/png")})
+    assert response.status_code == 302 and PngImport.objects.count() == 1
+
+
+def test_each_person_keeps_at_most_the_import_cap(media, settings, as_viewer):
+    settings.STUDIO_IMPORT_MAX_BYTES, settings.STUDIO_MAX_IMPORTS_PER_USER = 2**20, 2
+    client = as_viewer("alice")
+    assert [upload(client, png()).status_code for _ in range(2)] == [302, 302]
+    refused = upload(client, png())
+    assert refused.status_code == 400 and "2 imported files" in refused.content.decode()
+    assert PngImport.objects.count() == 2 and len(list((media / "imports").iterdir())) == 2
+    assert upload(as_viewer("bob"), png()).status_code == 302  # a cap per person

@@ -1,9 +1,15 @@
 """Reports, the staff review queue and the audit log (issue 6)."""
 
+from datetime import timedelta
+
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
+from gallery import moderation
 from gallery.models import ModerationEvent, Report, Visibility
+
+from .test_collections import run_together
 
 pytestmark = pytest.mark.django_db
 
@@ -86,3 +92,27 @@ def test_a_tampered_selection_changes_nothing(reported, as_viewer):
     )
     assert response.status_code == 302
     assert not ModerationEvent.objects.exists()
+
+
+def test_each_reporter_sends_at_most_the_daily_cap_of_reports(make_image, alice, carol,
+                                                              as_viewer, settings):
+    settings.STUDIO_MAX_REPORTS_PER_DAY = 2
+    images = [make_image(alice, Visibility.PUBLIC) for _ in range(3)]
+    client = as_viewer("carol")
+    for image in images:
+        answer = client.post(reverse("image_report", args=[image.pk]), {"reason": "spam"},
+                             follow=True)
+    assert "2 reports in the last 24 hours" in answer.content.decode()
+    assert Report.objects.filter(reporter=carol).count() == 2
+    # A day later there is room again.
+    Report.objects.update(created=timezone.now() - timedelta(hours=25))
+    moderation.report_create(image=images[2], reporter=carol, reason="spam")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_reports_cannot_pass_the_daily_cap(make_image, alice, carol, settings):
+    settings.STUDIO_MAX_REPORTS_PER_DAY = 3
+    image = make_image(alice, Visibility.PUBLIC)
+    run_together(8, lambda index: moderation.report_create(image=image, reporter=carol,
+                                                           reason=f"spam {index}"))
+    assert Report.objects.filter(reporter=carol).count() == 3

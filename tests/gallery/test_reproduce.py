@@ -43,7 +43,9 @@ def test_it_queues_the_whole_batch_as_recorded(tiny_image, bob, as_viewer):
     job = reproduction.job
     assert job.owner == bob and reproduction.image == tiny_image
     original = tiny_image.output.recipe
-    assert job.recipe == {**original, "batch_index": 0}
+    # The server, not the recipe, decides the worker's threads, device and dtype.
+    assert job.recipe == {**original, "batch_index": 0, "threads": None, "device": None,
+                          "dtype": None}
     assert reproduction.batch_index == 1
 
 
@@ -89,7 +91,7 @@ def finish(job: Job, png: bytes, index: int = 1) -> None:
     job.refresh_from_db()
     outputs = [{"index": i, "image": ContentFile(png, name=f"{i}.png"), "recipe": job.recipe,
                 "width": 8, "height": 8} for i in range(index + 1)]
-    assert services.job_finish(job=job, outputs=outputs, timings={}, trajectory=[]) is not None
+    assert services.job_finish(job=job, outputs=outputs, timings={}) is not None
 
 
 def test_the_verdict_is_computed_when_the_job_succeeds(tiny_image, as_viewer):
@@ -156,3 +158,17 @@ def test_an_a1111_import_of_a_known_model_reproduces(settings, tmp_path, tiny, a
     job = Reproduction.objects.get().job
     assert (job.recipe["seed"], job.recipe["sampler"], job.recipe["steps"]) == (9, "Euler a", 3)
     assert job.recipe["guidance_scale"] == 2.0 and job.recipe["model"]["name"] == tiny
+
+
+def test_the_job_reveals_only_the_originals_place_in_its_batch(tiny_image, as_viewer):
+    reproduce(as_viewer("alice"), tiny_image)
+    job = Reproduction.objects.get().job
+    assert job.reveals == 1 and job.shows(1) and not job.shows(0)
+
+
+def test_it_refuses_a_recipe_whose_image_is_not_in_its_batch(tiny_image, as_viewer):
+    tiny_image.output.recipe["batch_index"] = 2  # of a batch of 2
+    tiny_image.output.save()
+    page = reproduce(as_viewer("alice"), tiny_image).content.decode()
+    assert "The recipe cannot run here" in page and "batch_index" in page
+    assert not Reproduction.objects.exists()

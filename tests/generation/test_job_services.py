@@ -110,7 +110,7 @@ def test_progress_from_a_superseded_attempt_is_refused(alice):
     job = services.job_claim_next(worker="w1")
     Job.objects.filter(pk=job.pk).update(attempt=2)
     assert services.job_progress(job=job, step=1) is False
-    assert services.job_finish(job=job, outputs=[], timings={}, trajectory=[]) is None
+    assert services.job_finish(job=job, outputs=[], timings={}) is None
 
 
 def test_the_queued_limit_says_which_limit(alice, settings):

@@ -70,18 +70,21 @@ def test_it_sends_a_password_reset_email(client, alice):
     assert "alice" in mail.outbox[0].body
 
 
-def test_it_deletes_ones_own_account(client, alice):
+def test_deleting_ones_account_asks_for_the_password(client, alice):
     client.force_login(alice)
-    assert client.post(reverse("account_delete"), {"confirm": "wrong"}).status_code == 200
+    for wrong in ({"confirm": "alice"}, {"password": "wrong"}, {"password": ""}):
+        response = client.post(reverse("account_delete"), wrong)
+        assert response.status_code == 200
+        assert b'id="id_password-error"' in response.content
     assert get_user_model().objects.filter(username="alice").exists()
-    response = client.post(reverse("account_delete"), {"confirm": "alice"})
+    response = client.post(reverse("account_delete"), {"password": PASSWORD})
     assert response.status_code == 302
     assert not get_user_model().objects.filter(username="alice").exists()
 
 
 def test_account_deletion_hands_a_team_to_a_member(client, alice, bob, team):
     client.force_login(alice)
-    client.post(reverse("account_delete"), {"confirm": "alice"})
+    client.post(reverse("account_delete"), {"password": PASSWORD})
     assert team.role_of(bob) == "owner"
 
 

@@ -79,3 +79,42 @@ def test_the_last_member_leaving_deletes_the_team(alice):
     team = services.team_create(owner=alice, name="Solo")
     services.team_leave(team=team, user=alice)
     assert not Team.objects.filter(pk=team.pk).exists()
+
+
+def _private_image(owner):
+    from gallery.models import Image
+    from generation.models import Job, Output
+
+    job = Job.objects.create(owner=owner, recipe={"prompt": "a circle"}, status="succeeded")
+    output = Output.objects.create(
+        job=job, index=0, image="outputs/none.png", recipe={}, width=8, height=8
+    )
+    return Image.objects.create(output=output, owner=owner, prompt="a circle", seed=7)
+
+
+@pytest.mark.parametrize("team_field", ["abc", "1", "x" * 5000, "00000000-0000-0000-0000"])
+def test_a_team_field_that_is_not_a_uuid_is_refused_by_name_not_a_500(
+    client, alice, team, team_field
+):
+    image = _private_image(alice)
+    client.force_login(alice)
+    response = client.post(
+        reverse("image_visibility", args=[image.pk]),
+        {"visibility": "team", "team": team_field}, follow=True,
+    )
+    assert response.status_code == 200
+    assert "Choose one of your teams to share with." in response.content.decode()
+    image.refresh_from_db()
+    assert (image.visibility, image.team_id) == ("private", None)
+    response = client.post(
+        reverse("collection_create"),
+        {"name": "Ours", "visibility": "team", "team": team_field}, follow=True,
+    )
+    assert response.status_code == 200
+    assert "Choose one of your teams to share with." in response.content.decode()
+    assert not alice.collections.exists()
+
+
+def test_the_team_door_answers_none_for_an_id_that_is_not_a_uuid(alice, team):
+    assert services.get_team_for_user(user=alice, team_id="abc") is None
+    assert services.get_team_for_user(user=alice, team_id=str(team.pk)) == team
