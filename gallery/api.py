@@ -49,7 +49,8 @@ class ImageOut(Schema):
 
 
 class ImageDetail(ImageOut):
-    recipe: dict = Field(description="The recipe that reproduces this image (DESIGN §4).")
+    recipe: dict = Field(description="The recipe that reproduces this image "
+                               "(docs/architecture.md §4).")
 
 
 class ImagePage(Schema):

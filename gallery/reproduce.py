@@ -1,7 +1,7 @@
 """Reproduce and verify: run a recipe again as a new job and compare the pixels.
 
-The recipe is re-run as recorded (the whole batch, the same scheduler config, DESIGN §4) on
-this server's copy of the model, looked up by name: a recipe's own `model.source` is never
+The recipe is re-run as recorded (the whole batch, the same scheduler config, docs/architecture.md
+§4) on this server's copy of the model, looked up by name: a recipe's own `model.source` is never
 used, since an imported file could name any path. Threads, device and dtype are this
 server's (generation.services.job_submit), so a CPU image made with another thread count
 may come out within one level rather than identical. When the server's weights are not the

@@ -1,4 +1,4 @@
-"""Sends job messages to the websocket group of a job (DESIGN §5), from sync code.
+"""Sends job messages to the websocket group of a job (docs/architecture.md §5), from sync code.
 
 The worker sends one every sampling step, from its sidecar process (generation/sidecar.py),
 and a job's final state from the worker itself. A channel layer's `group_send` is a

@@ -1,12 +1,12 @@
 """AUTOMATIC1111's web UI API, so the clients people have (`webuiapi`, bots, editor plugins) use
-Studio unchanged (DESIGN §6): `POST /sdapi/v1/txt2img` and `GET /sdapi/v1/samplers`,
+Studio unchanged (docs/architecture.md §6): `POST /sdapi/v1/txt2img` and `GET /sdapi/v1/samplers`,
 `/schedulers`, `/sd-models`, `/progress`, `/options` and `/scripts`.
 
 - A txt2img call is one ordinary job: the generate page's validation and per-user limits apply
   and its images land in the caller's gallery. `batch_size × n_iter` images run as one job of
   that batch size (at most 8): seeds are numbered `seed + i` as A1111 numbers them, and one
   job takes one queue slot and one limit check, all or nothing. (A1111 runs `n_iter` batches
-  in turn; the pixels of a bigger batch differ by at most one 8-bit level, DESIGN §4.)
+  in turn; the pixels of a bigger batch differ by at most one 8-bit level, docs/architecture.md §4.)
 - Clients send every field A1111 knows on every call. A field of a feature Studio lacks is
   accepted at a value that leaves the feature off (`OFF`) and refused otherwise, by name;
   fields Studio has never heard of are ignored, as A1111 ignores them.
@@ -329,7 +329,7 @@ async def txt2img(request: HttpRequest):
 @api.get("/progress")
 def progress(request: HttpRequest):
     """How far the caller's most recent running job is, with its latest step's preview as
-    `current_image` (base64 WebP, as the job's websocket sends it; DESIGN §5)."""
+    `current_image` (base64 WebP, as the job's websocket sends it; docs/architecture.md §5)."""
     waiting_jobs = Job.objects.filter(owner=request.auth, status__in=[Job.Status.QUEUED,
                                                                       Job.Status.RUNNING])
     job = waiting_jobs.filter(status=Job.Status.RUNNING).order_by("-started_at").first()

@@ -1,5 +1,5 @@
 """OpenAI's images API, so the `openai` package and the chat frontends built on it use Studio
-unchanged (DESIGN §6): `POST /v1/images/generations` and `GET /v1/models`.
+unchanged (docs/architecture.md §6): `POST /v1/images/generations` and `GET /v1/models`.
 
 A request is one ordinary job, `n` images being a batch of `n`: the generate page's validation
 and per-user limits apply, and the images land in the caller's gallery. Errors take OpenAI's

@@ -1,5 +1,5 @@
-"""`/ws/jobs/<uuid>/`: the live view of one job (DESIGN §5). An adapter: it admits, relays
-and forwards a cancel to the service; job rules live in generation.services."""
+"""`/ws/jobs/<uuid>/`: the live view of one job (docs/architecture.md §5). An adapter: it admits,
+relays and forwards a cancel to the service; job rules live in generation.services."""
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer

@@ -1,4 +1,5 @@
-"""Jobs and their outputs. The database is the source of truth for a job's state (DESIGN §3)."""
+"""Jobs and their outputs. The database is the source of truth for a job's state
+(docs/architecture.md §3)."""
 
 import uuid
 
@@ -22,7 +23,8 @@ class Job(models.Model):
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs"
     )
-    # The validated recipe of the whole batch: `seed` is the batch's base seed (DESIGN §4).
+    # The validated recipe of the whole batch: `seed` is the batch's base seed
+    # (docs/architecture.md §4).
     recipe = models.JSONField()
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     attempt = models.PositiveSmallIntegerField(default=0)

@@ -1,5 +1,5 @@
-"""From what a person typed to a validated recipe (DESIGN §4), for every door that submits:
-the generate page, the API and the compatibility endpoints.
+"""From what a person typed to a validated recipe (docs/architecture.md §4), for every door that
+submits: the generate page, the API and the compatibility endpoints.
 
 Validation happens once, loudly, before anything is queued: each bad field gets its own
 message, named after the field.

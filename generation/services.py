@@ -1,5 +1,5 @@
-"""Job rules: the only place they live (DESIGN §3). Views, the API, the websocket consumer and
-the Celery task call these.
+"""Job rules: the only place they live (docs/architecture.md §3). Views, the API, the websocket
+consumer and the Celery task call these.
 
 Every state change is one conditional UPDATE (`... WHERE status = 'queued'`), so a message
 delivered twice, a reaper racing a worker, or two workers racing each other change a job once.
@@ -277,7 +277,7 @@ class ReapReport:
 
 
 def jobs_reap(*, broker_backlog: int) -> ReapReport:
-    """Recover from dead workers and lost messages (DESIGN §3).
+    """Recover from dead workers and lost messages (docs/architecture.md §3).
 
     1. A running job whose heartbeat is older than STUDIO_HEARTBEAT_TIMEOUT goes back to
        queued while it has attempts left, else fails with the reason; one its owner asked to

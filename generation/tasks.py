@@ -1,4 +1,4 @@
-"""Celery tasks: adapters that claim, call a service and report (DESIGN §1)."""
+"""Celery tasks: adapters that claim, call a service and report (docs/architecture.md §2)."""
 
 import socket
 
@@ -15,7 +15,7 @@ from .workers import broker_backlog
 @shared_task(name="generation.run_job", ignore_result=True, bind=True)
 def run_job(self, job_id: str | None = None) -> str:
     """Run the next job in fair order. `job_id` names the job this message was sent for;
-    the worker may run another (DESIGN §3), and every message runs at most one job.
+    the worker may run another (docs/architecture.md §3), and every message runs at most one job.
 
     The job records the worker's node name (`gpu0@host`), the name the staff page lists
     among the workers that are up: a host runs one worker per GPU, so the host's name alone

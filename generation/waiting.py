@@ -4,7 +4,7 @@ wait for it here, from an async view: while the job queues and runs, the request
 coroutine parked on the event loop, not a thread blocked in a sleep.
 
 How a wait works:
-1. Join the job's channel-layer group (the one its websocket watchers join, DESIGN §5)
+1. Join the job's channel-layer group (the one its websocket watchers join, docs/architecture.md §5)
    before reading its state, so the final message cannot fall between the read and the wait.
 2. Read the job; while it is not finished, wait until the worker's final `job.state` message
    arrives or POLL_SECONDS pass, then read it again. Messages are best effort (pub/sub drops
@@ -132,7 +132,7 @@ async def wait_for_outputs(job: Job, *, timeout: float = WAIT_SECONDS) -> list[O
 
 @sync_to_async
 def read_pngs(outputs: list[Output]) -> list[bytes]:
-    """The outputs' PNG files, their recipe metadata included (DESIGN §4)."""
+    """The outputs' PNG files, their recipe metadata included (docs/architecture.md §4)."""
     pngs = []
     for output in outputs:
         with output.image.open("rb") as file:

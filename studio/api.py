@@ -1,6 +1,7 @@
-"""Studio's JSON API at /api/v1/ (DESIGN §6): the API object, how callers authenticate, the one
-error shape, paging, and the teams endpoint. Each app adds its own router (`generation/api.py`,
-`gallery/api.py`); the root URLconf mounts them, so studio never imports the apps.
+"""Studio's JSON API at /api/v1/ (docs/architecture.md §6): the API object, how callers
+authenticate, the one error shape, paging, and the teams endpoint. Each app adds its own router
+(`generation/api.py`, `gallery/api.py`); the root URLconf mounts them, so studio never imports the
+apps.
 
 Every error is `{"errors": {field: message}}`, with `__all__` for what is not about one field.
 Why Django Ninja rather than Django REST framework: docs/api.md.

@@ -1,4 +1,5 @@
-"""The Celery app. Its settings live in studio/settings.py under CELERY_* (DESIGN §2)."""
+"""The Celery app. Its settings live in studio/settings.py under CELERY_* (docs/architecture.md
+§1)."""
 
 import os
 

@@ -199,7 +199,7 @@ if not DEBUG:
     if envbool("SECURE_PROXY_SSL_HEADER", False):
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
-# --- Celery (DESIGN §2) -------------------------------------------------------------------
+# --- Celery (docs/architecture.md §1) -------------------------------------------------------------
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
@@ -235,7 +235,7 @@ STUDIO_DEVICE = os.environ.get("STUDIO_DEVICE", "auto")
 if STUDIO_DEVICE not in ("auto", "cpu", "cuda"):
     raise ImproperlyConfigured(f"STUDIO_DEVICE must be auto, cpu or cuda, not {STUDIO_DEVICE!r}")
 # torch's intra-op threads; 0 lets Studio choose (on the CPU, every core but one). Recorded in
-# every recipe (DESIGN §4).
+# every recipe (docs/architecture.md §4).
 STUDIO_THREADS = envint("STUDIO_THREADS", 0)
 STUDIO_DEMO_MODEL_NAME = "studio-demo"
 STUDIO_DEMO_MODEL_PATH = BASE_DIR / "generation" / "demo_model" / "weights"
@@ -277,7 +277,7 @@ STUDIO_MAX_REPORTS_PER_DAY = envint("STUDIO_MAX_REPORTS_PER_DAY", 20)
 STUDIO_LOGIN_MAX_FAILURES = envint("STUDIO_LOGIN_MAX_FAILURES", 5)
 STUDIO_LOGIN_LOCKOUT_SECONDS = envint("STUDIO_LOGIN_LOCKOUT_SECONDS", 900)
 
-# --- Jobs (DESIGN §3) ---------------------------------------------------------------------
+# --- Jobs (docs/architecture.md §3) ---------------------------------------------------------------
 STUDIO_MAX_QUEUED_PER_USER = envint("STUDIO_MAX_QUEUED_PER_USER", 20)
 STUDIO_MAX_SUBMITS_PER_MINUTE = envint("STUDIO_MAX_SUBMITS_PER_MINUTE", 30)
 # A running job whose last heartbeat is older than this is presumed dead and requeued.

@@ -1,4 +1,4 @@
-"""The root URLconf: the one place that mounts every app (DESIGN §1)."""
+"""The root URLconf: the one place that mounts every app (docs/architecture.md §2)."""
 
 from django.contrib import admin
 from django.urls import include, path

@@ -1,4 +1,4 @@
-"""Who is on the other end of a websocket (DESIGN §2, §5).
+"""Who is on the other end of a websocket (docs/architecture.md §5.1).
 
 Scripts send `Authorization: Bearer <api token>` and no Origin; browsers send their session
 cookie and an Origin that must be one of ours, or any page on the web could open a socket with

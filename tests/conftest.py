@@ -1,4 +1,5 @@
-"""Shared fixtures: the people (DESIGN §7), a live ASGI server and a real Celery worker.
+"""Shared fixtures: the people (docs/architecture.md §8), a live ASGI server and a real Celery
+worker.
 
 alice owns things, bob is alice's teammate, carol has no access, admin is staff.
 """

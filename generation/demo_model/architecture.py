@@ -1,6 +1,6 @@
 """Configs of the demo model's components, full size and a tiny one for tests.
 
-The full size is the calibration run that worked on 2 CPU cores (issue 4): attention only at
+The full size is the calibration run that worked on 2 CPU cores: attention only at
 8x8 and 4x4, because attention at 16x16 cost 7-10x more per step.
 """
 

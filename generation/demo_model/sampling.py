@@ -14,7 +14,8 @@ def generate(
     guidance: float,
     steps: int = 20,
 ) -> np.ndarray:
-    """One image per prompt as uint8 NxHxWx3; image i's noise comes from seed + i (DESIGN §4)."""
+    """One image per prompt as uint8 NxHxWx3; image i's noise comes from seed + i
+    (docs/architecture.md §4)."""
     generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(len(prompts))]
     out = pipe(
         prompts,

@@ -183,7 +183,7 @@ class Trainer:
         """Loss at t in [700, 999] with the right captions and with shuffled ones.
 
         A text pathway that learned nothing gives the same loss for both: the failure to catch
-        early (issue 4's first calibration run).
+        early (the first calibration run, docs/demo_model.md).
         """
         g = torch.Generator().manual_seed(1)
         index = torch.randint(len(self.latents), (64,), generator=g)

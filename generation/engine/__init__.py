@@ -1,10 +1,11 @@
-"""Studio's generation engine: plain Python over torch and diffusers, no Django (DESIGN §1).
+"""Studio's generation engine: plain Python over torch and diffusers, no Django
+(docs/architecture.md §2).
 
 The contract other code calls (the Celery task, the websocket consumer, the gallery's
 reproduce-and-verify, the A1111 and OpenAI endpoints, the CLI). Names here are stable.
 
 Recipes (``recipe.py``, ``validation.py``)
-    Recipe, ModelRef, SchedulerRef, Versions   the DESIGN §4 recipe; ``to_json()`` and
+    Recipe, ModelRef, SchedulerRef, Versions   the docs/architecture.md §4 recipe; ``to_json()`` and
                                                ``Recipe.from_json(dict)`` give exactly its keys
     build_recipe(*, model, prompt, ...)        defaults filled, validated, sampler resolved
     validate_recipe(recipe, spec=None)         raises RecipeError(errors: {field: message});

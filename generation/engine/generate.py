@@ -1,5 +1,5 @@
 """Running a recipe: the stock diffusers pipeline, with a step callback for previews, timings
-and cancel, and the initial noise drawn exactly as DESIGN §4 fixes it."""
+and cancel, and the initial noise drawn exactly as docs/architecture.md §4 fixes it."""
 
 import queue
 import threading

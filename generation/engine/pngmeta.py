@@ -1,5 +1,6 @@
-"""The recipe inside a PNG, twice (DESIGN §4): AUTOMATIC1111's ``parameters`` text, which other
-tools read and write, and Studio's ``studio_recipe`` JSON, which reproduces the pixels."""
+"""The recipe inside a PNG, twice (docs/architecture.md §4): AUTOMATIC1111's ``parameters`` text,
+which other tools read and write, and Studio's ``studio_recipe`` JSON, which reproduces the
+pixels."""
 
 import contextlib
 import io

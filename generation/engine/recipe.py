@@ -1,4 +1,4 @@
-"""The recipe (DESIGN §4): everything needed to make the same pixels again.
+"""The recipe (docs/architecture.md §4): everything needed to make the same pixels again.
 
 A recipe is built from what a person asked for (``build_recipe``), validated once, loudly,
 before anything runs (``validate_recipe``), and completed by ``generate`` with what only the
@@ -32,8 +32,8 @@ MAX_PROMPT_CHARS = 10_000
 # Far above any diffusers scheduler's settings; a config with more is not one.
 MAX_CONFIG_KEYS = 256
 DEFAULT_SAMPLER = "DDIM"
-# The demo model's measured default (generation/demo_model, issue 4): adherence is highest
-# at guidance 1-3 and falls from 5 on.
+# The demo model's measured default (generation/demo_model, docs/demo_model.md): adherence is
+# highest at guidance 1-3 and falls from 5 on.
 DEFAULT_GUIDANCE = 3.0
 DEFAULT_STEPS = 20
 

@@ -30,8 +30,8 @@ def _finite(value: float) -> float | None:
 
 
 def compare_images(original: Image.Image, new: Image.Image) -> Comparison:
-    """Identical, within one 8-bit level (what batched CPU kernels change, DESIGN §4), or
-    differs; with the largest difference and the PSNR."""
+    """Identical, within one 8-bit level (what batched CPU kernels change, docs/architecture.md §4),
+    or differs; with the largest difference and the PSNR."""
     if original.size != new.size:
         return Comparison(verdict=DIFFERS, max_diff=255, psnr=0.0)
     a = np.asarray(original.convert("RGB"), dtype=np.int16)

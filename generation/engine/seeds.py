@@ -1,4 +1,5 @@
-"""Initial noise exactly as DESIGN §4 fixes it, with AUTOMATIC1111's variation seeds."""
+"""Initial noise exactly as docs/architecture.md §4 fixes it, with AUTOMATIC1111's variation
+seeds."""
 
 import secrets
 

@@ -1,4 +1,4 @@
-// Gallery pages (issue 6): copy seed, the denoising scrubber, likes without a reload,
+// Gallery pages: copy seed, the denoising scrubber, likes without a reload,
 // confirmations, and waiting on reproductions. Every form also works without this script.
 "use strict";
 

@@ -1,5 +1,5 @@
 // The generate page: submit without reloading, then watch the job over its websocket
-// (DESIGN §5): a state message on connect, a progress message per step, a final state.
+// (docs/architecture.md §5): a state message on connect, a progress message per step, a final state.
 // Every unfinished job in "Recent jobs" is watched the same way, so its row never goes stale,
 // and each has a cancel button there; after a reload the preview picks up the running job.
 // Text from the server is always set with textContent, never parsed as HTML.

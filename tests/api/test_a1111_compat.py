@@ -1,4 +1,4 @@
-"""The AUTOMATIC1111-compatible API (issue 7), driven by the real `webuiapi` package against a
+"""The AUTOMATIC1111-compatible API, driven by the real `webuiapi` package against a
 live server and, for generation, a real Celery worker."""
 
 import base64

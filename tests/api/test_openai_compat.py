@@ -1,4 +1,4 @@
-"""The OpenAI-compatible images API (issue 7), driven by the real `openai` package against a
+"""The OpenAI-compatible images API, driven by the real `openai` package against a
 live server and, for generation, a real Celery worker."""
 
 import base64

@@ -1,4 +1,4 @@
-"""Schemathesis over Studio's OpenAPI schema (issue 7): generated requests, valid and not,
+"""Schemathesis over Studio's OpenAPI schema: generated requests, valid and not,
 for every operation, against a live server, with a bounded number of examples each. No
 answer may be a 5xx, and every answer must match the schema (status, content type, body).
 

@@ -1,4 +1,4 @@
-"""Studio's own API at /api/v1/ (issue 7): tokens, jobs, images, models, samplers, teams,
+"""Studio's own API at /api/v1/: tokens, jobs, images, models, samplers, teams,
 errors that name the field, and the same limits and visibility rules as the pages."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""What serving costs on top of the engine (issue 5), measured side by side in one run.
+"""What serving costs on top of the engine, measured side by side in one run.
 
     HF_HUB_OFFLINE=1 .venv/bin/python tests/benchmarks/serving_overhead.py [--runs 7]
         [--size 64] [--steps 20] [--threads N]

@@ -1,5 +1,5 @@
 """A prompt holding HTML and script is shown as text on every gallery page and in the admin:
-in Chromium, no script from it runs and no dialog opens (issue 6)."""
+in Chromium, no script from it runs and no dialog opens."""
 
 import pytest
 from django.urls import reverse

@@ -1,4 +1,4 @@
-"""Report → hide → restore, end to end in Chromium (issue 6)."""
+"""Report → hide → restore, end to end in Chromium."""
 
 import pytest
 

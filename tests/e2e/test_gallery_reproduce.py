@@ -1,5 +1,5 @@
 """Reproduce and verify, end to end: a real job through the real worker, then its
-reproduction from the image page in Chromium, which shows "identical" (issue 6)."""
+reproduction from the image page in Chromium, which shows "identical"."""
 
 import shutil
 

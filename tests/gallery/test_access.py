@@ -1,4 +1,4 @@
-"""The authorization matrix: who sees which image, through every door (issue 6)."""
+"""The authorization matrix: who sees which image, through every door."""
 
 import pytest
 from django.core.files.base import ContentFile

@@ -1,4 +1,4 @@
-"""Collections: who sees a collection, and which of its images (issue 6)."""
+"""Collections: who sees a collection, and which of its images."""
 
 import threading
 

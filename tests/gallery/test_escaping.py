@@ -1,4 +1,4 @@
-"""A prompt holding HTML and script is text on every page, the admin included (issue 6).
+"""A prompt holding HTML and script is text on every page, the admin included.
 The browser-level check that no script runs is tests/e2e/test_gallery_escaping.py."""
 
 import pytest

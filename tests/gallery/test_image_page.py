@@ -1,5 +1,5 @@
 """The image page: the whole recipe, copy-seed, the trajectory scrubber, Remix, download and
-Delete (issue 6)."""
+Delete."""
 
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse

@@ -1,4 +1,4 @@
-"""Importing a PNG made by Studio or AUTOMATIC1111, and refusing what is not safe (issue 6)."""
+"""Importing a PNG made by Studio or AUTOMATIC1111, and refusing what is not safe."""
 
 import io
 import struct

@@ -1,4 +1,4 @@
-"""Likes: a toggle per user, and like_count always equal to the likes (issue 6)."""
+"""Likes: a toggle per user, and like_count always equal to the likes."""
 
 import pytest
 from django.urls import reverse

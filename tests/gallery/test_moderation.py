@@ -1,4 +1,4 @@
-"""Reports, the staff review queue and the audit log (issue 6)."""
+"""Reports, the staff review queue and the audit log."""
 
 from datetime import timedelta
 

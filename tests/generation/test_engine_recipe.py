@@ -1,4 +1,5 @@
-"""The recipe's JSON contract (DESIGN §4) and its validation: one error per bad field."""
+"""The recipe's JSON contract (docs/architecture.md §4) and its validation: one error per bad
+field."""
 
 import json
 import math

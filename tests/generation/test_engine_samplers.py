@@ -13,7 +13,7 @@ from generation.engine.samplers import TERMINAL_ALPHA_BAR, make_scheduler, short
 
 from .conftest import DEMO_WEIGHTS
 
-# The demo model's schedule (issue 4): zero terminal SNR, where sigma-stepping schedulers break.
+# The demo model's schedule: zero terminal SNR, where sigma-stepping schedulers break.
 COSINE_V = dict(sampling_scheduler().config)
 DATA_MEAN, DATA_STD = 0.5, 0.5
 

@@ -1,4 +1,4 @@
-"""Seeds exactly as DESIGN §4: a CPU generator per image, image i from seed + i."""
+"""Seeds exactly as docs/architecture.md §4: a CPU generator per image, image i from seed + i."""
 
 import numpy as np
 import pytest
@@ -30,7 +30,7 @@ def test_image_i_of_a_batch_matches_a_single_run_with_seed_plus_i(make_recipe, t
         single = engine.generate(
             make_recipe(sampler=sampler, seed=12), pipeline=tiny_pipeline, preview=None
         )
-        # Batched CPU kernels round differently: up to one 8-bit level (DESIGN §4).
+        # Batched CPU kernels round differently: up to one 8-bit level (docs/architecture.md §4).
         assert np.abs(pixels(batch.images[2]) - pixels(single.images[0])).max() <= 1
         assert batch.recipes[2].batch_index == 2 and batch.recipes[2].image_seed == 12
 

@@ -1,5 +1,5 @@
 """The engine's pixels are a stock StableDiffusionPipeline's, given the same components,
-scheduler config and generator list (DESIGN §4)."""
+scheduler config and generator list (docs/architecture.md §4)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
-"""Job rules (DESIGN §3) on the real Postgres: limits, fair claiming, cancel, the reaper."""
+"""Job rules (docs/architecture.md §3) on the real Postgres: limits, fair claiming, cancel, the
+reaper."""
 
 from datetime import timedelta
 

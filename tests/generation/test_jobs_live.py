@@ -1,4 +1,4 @@
-"""Jobs end to end (issue 5): a real Celery worker process, the real Redis broker and
+"""Jobs end to end: a real Celery worker process, the real Redis broker and
 channel layer, real websocket connections to a live uvicorn server."""
 
 import asyncio
