@@ -1,5 +1,8 @@
 # Studio's two commands: `make run` and `make test`. Both run `make setup` first and are safe
 # to rerun: each step below is skipped when its work is already done.
+# `make test-fast` is the quick loop while working: the whole suite but the tests that start a
+# live server, a worker or another process, a browser or the demo model (tests/conftest.py marks
+# those `slow`), in about a minute on two cores. `make test` runs everything; CI runs it.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -11,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 # 2-thread torch step ran 3-5x slower beside another busy process); passive waits cost nothing.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup run test lint web worker scheduler
+.PHONY: setup run test test-fast lint web worker scheduler
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +69,12 @@ test: export REDIS_URL ?= redis://127.0.0.1:6379/15
 test: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The packages alone: tests make their own database, so the development one need not exist.
+test-fast: export REDIS_URL ?= redis://127.0.0.1:6379/15
+test-fast: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -m "not slow" --numprocesses=auto --maxprocesses=4 --dist=loadscope $(PYTEST_ARGS)
 
 lint:
 	$(VENV)/bin/ruff check .

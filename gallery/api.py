@@ -24,7 +24,7 @@ from studio.api import (
 from studio.services import get_team_for_user
 
 from . import selectors, services
-from .models import Image, Visibility
+from .models import Image
 
 router = Router(tags=["images"])
 
@@ -162,7 +162,7 @@ def image_file(request: HttpRequest, image_id: UUID):
     """The image's PNG, with its recipe in its metadata. Also reachable without a token
     through a signed link (`?signature=`), as the OpenAI-compatible `url` answers give."""
     image = _image(request, image_id)
-    public = image.visibility == Visibility.PUBLIC and not image.hidden
     response = FileResponse(image.output.image.open("rb"), content_type="image/png")
-    response["Cache-Control"] = "public, max-age=300" if public else "private, max-age=300"
+    response["Cache-Control"] = ("public, max-age=300" if image.is_public
+                                 else "private, max-age=300")
     return response

@@ -7,7 +7,7 @@ import uuid
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 
 from .limits import check_cap, clean_text
 from .models import Collection, Image, Visibility
@@ -17,15 +17,9 @@ NAME_MAX = Collection._meta.get_field("name").max_length
 
 
 def visible_collections(user) -> QuerySet[Collection]:
-    """The same rule as images, without hiding (moderators hide images, not collections)."""
-    collections = Collection.objects.select_related("owner", "team")
-    if getattr(user, "is_staff", False):
-        return collections
-    public = Q(visibility=Visibility.PUBLIC)
-    if not getattr(user, "is_authenticated", False):
-        return collections.filter(public)
-    team = Q(visibility=Visibility.TEAM, team__memberships__user=user)
-    return collections.filter(public | team | Q(owner=user)).distinct()
+    """The collections `user` may see: the images' rule, without hiding (moderators hide
+    images, not collections)."""
+    return Collection.objects.select_related("owner", "team").visible_to(user)
 
 
 def get_collection_for_user(*, user, collection_id) -> Collection | None:

@@ -9,6 +9,8 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_POST
 
+from generation.models import StoredRecipe
+
 from . import imports, limits, services
 from .reproduce import reproductions_for
 from .views import start_reproduction
@@ -60,6 +62,7 @@ def import_detail(request, import_id):
     context = {
         "imported": imported,
         "recipe": recipe,
+        "seed": StoredRecipe(recipe).image_seed,
         "has_recipe": bool(imported.recipe or imported.parameters),
         "remix_url": reverse("generate") + "?" + services.remix_query(recipe),
         "reproductions": reproductions_for(user=request.user, imported=imported),

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVectorField
 from django.db import models
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -14,6 +15,36 @@ class Visibility(models.TextChoices):
     PRIVATE = "private", "Private"
     TEAM = "team", "Team"
     PUBLIC = "public", "Public"
+
+
+class SharedQuerySet(models.QuerySet):
+    """Who may see a shared thing: everyone what is public, a team's members what is shared
+    with the team, its owner everything of theirs, staff everything. Images and collections
+    follow this one rule; `shown` is what else a thing must be for anyone but its owner and
+    staff to see it."""
+
+    shown = Q()
+
+    @classmethod
+    def _shared(cls, visibility: str, **where) -> Q:
+        return Q(visibility=visibility, **where) & cls.shown
+
+    def public(self) -> "SharedQuerySet":
+        """What the public gallery shows, to anyone, signed in or not."""
+        return self.filter(self._shared(Visibility.PUBLIC))
+
+    def visible_to(self, user) -> "SharedQuerySet":
+        if getattr(user, "is_staff", False):
+            return self
+        if not getattr(user, "is_authenticated", False):
+            return self.public()
+        team = self._shared(Visibility.TEAM, team__memberships__user=user)
+        return self.filter(self._shared(Visibility.PUBLIC) | team | Q(owner=user)).distinct()
+
+
+class ImageQuerySet(SharedQuerySet):
+    # Moderators hide images (not collections): a hidden one is its owner's and staff's alone.
+    shown = Q(hidden=False)
 
 
 class Image(models.Model):
@@ -46,6 +77,8 @@ class Image(models.Model):
     like_count = models.PositiveIntegerField(default=0)
     created = models.DateTimeField(default=timezone.now)
 
+    objects = ImageQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created"]
         indexes = [
@@ -62,6 +95,11 @@ class Image(models.Model):
 
     def get_file_url(self) -> str:
         return reverse("image_file", args=[self.pk])
+
+    @property
+    def is_public(self) -> bool:
+        """In the public gallery: what `Image.objects.public()` selects."""
+        return self.visibility == Visibility.PUBLIC and not self.hidden
 
 
 class Like(models.Model):
@@ -94,6 +132,8 @@ class Collection(models.Model):
     )
     images = models.ManyToManyField(Image, related_name="collections", blank=True)
     created = models.DateTimeField(default=timezone.now)
+
+    objects = SharedQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]

@@ -8,7 +8,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from .limits import check_cap, clean_text
-from .models import Image, ModerationEvent, Report, Visibility
+from .models import Image, ModerationEvent, Report
 from .services import GalleryError
 
 REASON_MAX = Report._meta.get_field("reason").max_length
@@ -18,7 +18,7 @@ def report_create(*, image: Image, reporter, reason: str) -> Report:
     """A signed-in user reports a public image they can see (the caller used its door).
     Private and team images are their owners' business, not the public gallery's. Each
     reporter sends at most STUDIO_MAX_REPORTS_PER_DAY in any 24 hours."""
-    if image.visibility != Visibility.PUBLIC or image.hidden:
+    if not image.is_public:
         raise GalleryError("Only images in the public gallery can be reported.")
     reason = clean_text(reason, field="reason", max_chars=REASON_MAX)
     if not reason:

@@ -74,19 +74,14 @@ def studio_recipe(recipe_json: dict) -> dict:
 
 
 def a1111_recipe(fields: dict) -> dict:
-    """A recipe from AUTOMATIC1111 parameters: one image, its own seed."""
+    """A recipe from AUTOMATIC1111 parameters (engine.parse_parameters): one image, its own
+    seed. They name the request's fields as Studio does (generation/job_request.py), but
+    `cfg_scale`; the others they hold, such as `model_hash`, the request ignores."""
     _server_model(fields.get("model", ""), fields.get("model_hash", ""))
-    params = {
-        "prompt": fields.get("prompt", ""), "negative_prompt": fields.get("negative_prompt", ""),
-        "model": fields.get("model"), "sampler": fields.get("sampler"),
-        "steps": fields.get("steps"), "guidance_scale": fields.get("cfg_scale"),
-        "seed": fields.get("seed"), "width": fields.get("width"),
-        "height": fields.get("height"), "subseed": fields.get("subseed"),
-        "subseed_strength": fields.get("subseed_strength"),
-    }
+    params = {**fields, "guidance_scale": fields.get("cfg_scale"), "batch_size": 1}
     try:
-        return recipes.recipe_from_params({k: v for k, v in params.items() if v is not None})
-    except recipes.InvalidParams as exc:
+        return recipes.recipe_from_params(params)
+    except recipes.Refused as exc:
         raise ReproduceRefused(f"The parameters cannot run here: {exc}") from exc
 
 

@@ -58,7 +58,7 @@ def gallery_search(*, user, scope: str = "public", team=None, query: str = "",
     elif scope == "team":
         images = images.filter(visibility=Visibility.TEAM, team=team)
     else:
-        images = images.filter(visibility=Visibility.PUBLIC, hidden=False)
+        images = images.public()
     if query.strip():
         images = images.filter(search=SearchQuery(query, config="english", search_type="websearch"))
     if model:

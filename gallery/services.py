@@ -1,30 +1,24 @@
-"""Gallery rules. Visibility is decided here and nowhere else."""
+"""Gallery rules. Who sees what is the models' rule (gallery.models.SharedQuerySet); every
+image is reached through `get_image_for_user`."""
 
 import uuid
 from urllib.parse import urlencode
 
 from django.contrib.postgres.search import SearchVector
 from django.db import transaction
-from django.db.models import Q, QuerySet, Value
+from django.db.models import QuerySet, Value
 
-from generation.models import Job, Output
+from generation.models import Job, Output, StoredRecipe
 from studio.services import get_team_for_user
 
 from .models import Image, Like, Visibility
 
 
 def visible_images(user) -> QuerySet[Image]:
-    """Every image `user` may see: public ones not hidden, their team's not hidden, their own
-    (hidden or not), and everything for staff."""
+    """Every image `user` may see (Image.objects.visible_to), ready for pages and listings."""
     # An output's trajectory frames are read by its page alone, not by listings and files.
     images = Image.objects.select_related("output", "owner", "team").defer("output__trajectory")
-    if getattr(user, "is_staff", False):
-        return images
-    public = Q(visibility=Visibility.PUBLIC, hidden=False)
-    if not getattr(user, "is_authenticated", False):
-        return images.filter(public)
-    team = Q(visibility=Visibility.TEAM, hidden=False, team__memberships__user=user)
-    return images.filter(public | team | Q(owner=user)).distinct()
+    return images.visible_to(user)
 
 
 def get_image_for_user(*, user, image_id) -> Image | None:
@@ -46,7 +40,7 @@ def images_create_for_job(*, job: Job, outputs: list[Output]) -> list[Image]:
             output=output, owner_id=job.owner_id, prompt=prompt,
             model_name=recipe.get("model", {}).get("name", ""),
             sampler=recipe.get("sampler", ""),
-            seed=output.recipe.get("seed", 0) + output.recipe.get("batch_index", 0),
+            seed=output.image_seed,
             # Indexed as it is inserted: an UPDATE after it cost every finished job a statement.
             search=prompt_vector(prompt),
         )
@@ -113,7 +107,8 @@ def like_toggle(*, image: Image, user) -> bool:
 
 def remix_query(recipe: dict) -> str:
     """Query parameters that prefill the generate page with a recipe (generation.recipes
-    .form_initial reads them). One image, with its own seed: seed + batch_index."""
+    .form_initial reads them). One image, with its own seed."""
+    stored = StoredRecipe(recipe)
     fields = {
         "prompt": recipe.get("prompt", ""),
         "negative_prompt": recipe.get("negative_prompt", ""),
@@ -121,11 +116,11 @@ def remix_query(recipe: dict) -> str:
         "sampler": recipe.get("sampler", ""),
         "steps": recipe.get("steps", ""),
         "guidance_scale": recipe.get("guidance_scale", ""),
-        "seed": (recipe.get("seed") or 0) + (recipe.get("batch_index") or 0),
+        "seed": stored.image_seed,
         "width": recipe.get("width", ""),
         "height": recipe.get("height", ""),
     }
-    if recipe.get("subseed_strength"):
-        fields["subseed"] = (recipe.get("subseed") or 0) + (recipe.get("batch_index") or 0)
-        fields["subseed_strength"] = recipe["subseed_strength"]
+    if stored.subseed_strength:
+        fields["subseed"] = stored.image_subseed
+        fields["subseed_strength"] = stored.subseed_strength
     return urlencode({key: value for key, value in fields.items() if value not in ("", None)})

@@ -50,8 +50,7 @@ def image_detail(request, image_id):
         "remix_url": reverse("generate") + "?" + services.remix_query(image.output.recipe),
         "my_collections": collections.collections_owned(user),
         "reproductions": reproductions_for(user=user, image=image),
-        "can_report": (user.is_authenticated and not is_owner and not image.hidden
-                       and image.visibility == Visibility.PUBLIC),
+        "can_report": user.is_authenticated and not is_owner and image.is_public,
     }
     return render(request, "gallery/image_detail.html", context)
 
@@ -60,8 +59,8 @@ def image_file(request, image_id):
     """The PNG, served only after the visibility check: never from a guessable public path."""
     image = _image_or_404(request, image_id)
     response = FileResponse(image.output.image.open("rb"), content_type="image/png")
-    public = image.visibility == Visibility.PUBLIC and not image.hidden
-    response["Cache-Control"] = "public, max-age=300" if public else "private, max-age=300"
+    response["Cache-Control"] = ("public, max-age=300" if image.is_public
+                                 else "private, max-age=300")
     if request.GET.get("download"):
         response["Content-Disposition"] = f'attachment; filename="studio-{image.seed}.png"'
     return response

@@ -1,8 +1,7 @@
-"""Jobs, models and samplers in Studio's API (/api/v1/). Thin: the generate page's services,
-limits and validation, translated to the API's error shape."""
+"""Jobs, models and samplers in Studio's API (/api/v1/). Thin: the generate page's request,
+service and limits (generation/job_request.py, recipes.submit), refusals in the API's error
+shape: 400 by field, 429 with Retry-After over a limit."""
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Literal
 from uuid import UUID
@@ -10,50 +9,24 @@ from uuid import UUID
 from django.http import Http404, HttpRequest
 from django.urls import reverse
 from ninja import Field, Query, Router, Schema, Status
+from pydantic import create_model
 
-from studio.api import COMMON_ERRORS, ApiError, Errors, Paging, Text, page
+from studio.api import COMMON_ERRORS, ApiError, Errors, Paging, page
 
-from . import engine, recipes, registry, services
+from . import engine, job_request, recipes, registry, selectors, services
 from .models import Job
 from .presenters import job_state
 
 router = Router(tags=["jobs"])
 
 
-# --- Errors from the services -------------------------------------------------------------
-
-
-@contextmanager
-def service_errors() -> Iterator[None]:
-    """Submit's refusals as API errors: bad fields 400, a limit 429 with Retry-After."""
-    try:
-        yield
-    except recipes.InvalidParams as exc:
-        raise ApiError(400, exc.errors) from exc
-    except services.LimitExceeded as exc:
-        raise ApiError(
-            429, {"__all__": str(exc)}, {"Retry-After": str(exc.retry_after)}
-        ) from exc
-
-
 # --- Jobs ---------------------------------------------------------------------------------
 
-
-class JobIn(Schema):
-    """What to make. Left out, a field takes the generate page's default."""
-
-    prompt: Text
-    negative_prompt: Text = ""
-    model: Text | None = Field(None, description="A name from GET /models.")
-    sampler: Text | None = Field(None, description="A name from GET /samplers.")
-    steps: int | None = None
-    guidance_scale: float | None = None
-    width: int | None = Field(None, description="Pixels; the model's native size if left out.")
-    height: int | None = None
-    batch_size: int | None = None
-    seed: int | None = Field(None, description=f"0 to {engine.SEED_MAX}; random if left out.")
-    subseed: int | None = Field(None, description="The variation seed.")
-    subseed_strength: float | None = Field(None, description="0 to 1.")
+# The request's own fields (generation/job_request.py), so the schema cannot drift from it.
+JobIn = create_model(
+    "JobIn", __base__=Schema, __doc__="What to make. Left out, a field takes its default.",
+    **job_request.schema_fields(),
+)
 
 
 class JobImage(Schema):
@@ -90,14 +63,14 @@ class JobPage(Schema):
 
 def job_out(job: Job) -> dict:
     """The state the websocket and the generate page show, with image URLs that take a token."""
-    state = job_state(job)
+    state = job_state(selectors.job_view(job))
     for image in state["images"]:
         image["url"] = reverse("api:image_file", args=[image["id"]])
     return state
 
 
 def _own_job(request: HttpRequest, job_id: UUID) -> Job:
-    job = services.get_job_for_user(user=request.auth, job_id=job_id)
+    job = selectors.get_job_for_user(user=request.auth, job_id=job_id)
     if job is None:
         raise Http404
     return job
@@ -107,9 +80,11 @@ def _own_job(request: HttpRequest, job_id: UUID) -> Job:
 def job_create(request: HttpRequest, payload: JobIn):
     """Queue a job. It runs on a worker; follow it with GET /jobs/{id} or the websocket
     `/ws/jobs/{id}/`. Refused with 429 and Retry-After when a per-user limit is reached."""
-    with service_errors():
-        recipe = recipes.recipe_from_params(payload.dict(exclude_none=True))
-        job = services.job_submit(user=request.auth, recipe=recipe)
+    try:
+        job = recipes.submit(user=request.auth,
+                             request=job_request.parse(payload.dict(exclude_none=True)))
+    except job_request.Refused as exc:
+        raise ApiError(exc.status(400), exc.errors, exc.headers) from exc
     return Status(201, job_out(job))
 
 
@@ -157,7 +132,7 @@ class SamplerOut(Schema):
 @router.get("/models", response={200: list[ModelOut], **COMMON_ERRORS}, tags=["models"])
 def model_list(request: HttpRequest):
     default = registry.default_name()
-    return [{"name": name, "default": name == default} for name in recipes.model_names()]
+    return [{"name": name, "default": name == default} for name in job_request.model_names()]
 
 
 @router.get("/samplers", response={200: list[SamplerOut], **COMMON_ERRORS}, tags=["models"])

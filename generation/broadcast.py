@@ -6,18 +6,15 @@ coroutine: from sync code it needs an event loop, and handing every message to a
 another thread costs a few hundred microseconds of interpreter time a step. So this
 publishes the way the channels_redis pub/sub layer does, with a plain Redis client: one
 PUBLISH of the layer's own serialized message on the Redis channel the layer maps the group
-to. The live websocket tests receive what this sends, so a layer upgrade that changed
-either would fail them.
+to (generation/pubsub_layer.py, where tests/generation/test_library_internals.py checks it).
 
 Progress is best effort by design (a lost message is a skipped frame); the final state is
 always readable over HTTP. A job's latest progress message is also kept in Redis, so a client
 that connects mid-run draws the current preview at once instead of waiting for the next step.
 """
 
-import asyncio
 import logging
 import threading
-import weakref
 
 import redis
 from channels.layers import get_channel_layer
@@ -25,6 +22,8 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from . import pubsub_layer
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ class GroupPublisher:
         return None if payload is None else self.layer.deserialize(payload)
 
     def _channel(self, group: str) -> str:
-        return f"{self.prefix}__group__{group}"
+        return pubsub_layer.group_channel(self.prefix, group)
 
     def _latest_key(self, group: str) -> str:
         return f"{self.prefix}__latest__{group}"
@@ -119,22 +118,3 @@ def send_many(messages: list[tuple[str, dict]]) -> bool:
 
 def latest(group: str) -> dict | None:
     return publisher().latest(group)
-
-
-# The receiving side, in the web process. channels_redis's pub/sub receiver sleeps 0.1 s
-# between looks whenever its connection has no subscription at all, that is while no socket
-# is open: on a quiet server the first messages to a new watcher waited up to 0.1 s (a job's
-# first preview reached its watcher 45-75 ms after the worker published it, in three runs of
-# four). One subscription that never ends keeps the receiver listening: a channel of the
-# layer's own that nothing sends to and nothing reads. (While Redis is down, the receiver
-# now logs its failed reads about once a second even with no socket open.)
-_listening_loops: weakref.WeakSet = weakref.WeakSet()
-
-
-async def group_add(layer, group: str, channel: str) -> None:
-    """`layer.group_add`, with this event loop's receiver kept listening first."""
-    loop = asyncio.get_running_loop()
-    if loop not in _listening_loops:
-        await layer.new_channel(prefix="studio.keep-listening.")
-        _listening_loops.add(loop)
-    await layer.group_add(group, channel)

@@ -7,8 +7,9 @@ Studio unchanged (docs/architecture.md §6): `POST /sdapi/v1/txt2img` and `GET /
   that batch size (at most 8): seeds are numbered `seed + i` as A1111 numbers them, and one
   job takes one queue slot and one limit check, all or nothing. (A1111 runs `n_iter` batches
   in turn; the pixels of a bigger batch differ by at most one 8-bit level, docs/architecture.md §4.)
-- Clients send every field A1111 knows on every call. A field of a feature Studio lacks is
-  accepted at a value that leaves the feature off (`OFF`) and refused otherwise, by name;
+- The request is translated to Studio's one request in generation/a1111_request.py. Clients
+  send every field A1111 knows on every call. A field of a feature Studio lacks is accepted
+  at a value that leaves the feature off (`OFF` there) and refused otherwise, by name;
   fields Studio has never heard of are ignored, as A1111 ignores them.
 - Auth: HTTP Basic with the username and an API token (A1111's `--api-auth`), or Bearer.
 - Errors: 422 for a request that cannot run, as A1111's FastAPI answers, with
@@ -18,8 +19,6 @@ Studio unchanged (docs/architecture.md §6): `POST /sdapi/v1/txt2img` and `GET /
 
 import base64
 import json
-from string import hexdigits
-from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import RequestDataTooBig
@@ -27,20 +26,19 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.utils import timezone
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
-from pydantic import BaseModel, ConfigDict
 
 from studio.api import (
     JsonParser,
-    Text,
     TokenBasic,
     TokenBearer,
     body_too_big,
-    clip,
     read_body,
     validation_errors,
 )
 
-from . import engine, recipes, registry, services, waiting
+from . import a1111_request, engine, recipes, registry, selectors, waiting
+from .a1111_request import ALIASES, SCHEDULERS, Txt2ImgIn
+from .job_request import Refused
 from .models import Job, Output
 
 api = NinjaAPI(
@@ -95,180 +93,6 @@ def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
     return _a1111_error(request, A1111Error(404, {"__all__": "Not found."}))
 
 
-# --- Translating a request ----------------------------------------------------------------
-
-# Features Studio does not have: what A1111 calls them, and the values that leave them off.
-OFF: dict[str, tuple[str, tuple]] = {
-    "enable_hr": ("Hires fix", (False, None)),
-    "restore_faces": ("Face restoration", (False, None)),
-    "tiling": ("Tiling", (False, None)),
-    "styles": ("Styles", ([], None)),
-    "script_name": ("Scripts", (None, "")),
-    "seed_resize_from_w": ("Resize seed from width", (0, -1, None)),
-    "seed_resize_from_h": ("Resize seed from height", (0, -1, None)),
-    "s_churn": ("Sigma churn", (0, None)),
-    "s_tmin": ("Sigma tmin", (0, None)),
-    "s_tmax": ("Sigma tmax", (0, None)),
-    "s_noise": ("Sigma noise", (1, None)),
-    "s_min_uncond": ("Negative guidance minimum sigma", (0, None)),
-    # Each sampler uses its standard eta: 0 for DDIM, 1 for the ancestral ones; webuiapi
-    # sends 1 on every call.
-    "eta": ("Eta", (0, 1, None)),
-    "refiner_checkpoint": ("Refiner", (None, "", "None")),
-}
-# Settings a request may override: the model (A1111's way to pick one per call) and settings
-# at the value Studio always has.
-OPTIONS_OFF: dict[str, tuple] = {
-    "CLIP_stop_at_last_layers": (1, None),
-    "sd_vae": ("Automatic", "None", None),
-    "eta_noise_seed_delta": (0, None),
-}
-ALIASES = {"PLMS": "PNDM", "k_euler_a": "Euler a", "k_euler": "Euler", "k_lms": "LMS",
-           "k_heun": "Heun", "k_dpm_2": "DPM2", "k_dpm_2_a": "DPM2 a", "ddim": "DDIM"}
-# A1111 1.9 split "DPM++ 2M Karras" into sampler "DPM++ 2M" and scheduler "Karras".
-SCHEDULERS = {"automatic": "Automatic", "uniform": "Uniform", "karras": "Karras"}
-# Studio's recipe fields as A1111's requests name them.
-FIELDS = {"guidance_scale": "cfg_scale", "sampler": "sampler_name",
-          "model": "override_settings.sd_model_checkpoint"}
-HEX_DIGITS = frozenset(hexdigits)
-
-
-def model_name(title: str) -> str:
-    """A model's name from its A1111 title, "name [hash]" (the hash in hex) or just "name".
-    By splitting: a regex for the trailing hash backtracks quadratically over whitespace."""
-    head, bracket, digest = title.removesuffix("]").rpartition("[")
-    if title.endswith("]") and bracket and digest and set(digest) <= HEX_DIGITS:
-        return head.rstrip()
-    return title
-
-
-# Scripts or settings one request may name; real clients send a handful.
-MAX_NAMED = 32
-
-
-class OverrideSettings(BaseModel):
-    """The model by its title (null is refused by name); other keys must match OPTIONS_OFF."""
-
-    model_config = ConfigDict(extra="allow")
-
-    sd_model_checkpoint: Text = ""
-
-
-class Txt2ImgIn(BaseModel):
-    """The fields Studio reads; every other field is checked against OFF or ignored. A plain
-    pydantic model: Ninja's Schema drops extra fields before they can be checked."""
-
-    model_config = ConfigDict(extra="allow")
-
-    prompt: Text = ""
-    negative_prompt: Text = ""
-    seed: int | None = -1
-    subseed: int | None = -1
-    subseed_strength: float = 0.0
-    sampler_name: Text | None = None
-    sampler_index: Text | None = None
-    scheduler: Text | None = None
-    steps: int | None = None
-    cfg_scale: float | None = None
-    width: int | None = None
-    height: int | None = None
-    batch_size: int = 1
-    n_iter: int = 1
-    send_images: bool = True
-    override_settings: OverrideSettings | None = None
-    alwayson_scripts: dict[str, Any] | None = None
-
-
-def script_error(script: Any) -> str | None:
-    """What is wrong with an `alwayson_scripts` entry, `{"args": [...]}` or the bare list; None
-    when its args are empty or start with false (A1111's "enabled")."""
-    args = script.get("args") if isinstance(script, dict) else script
-    if args is None:
-        return None
-    if not isinstance(args, list):
-        return 'Send an object with an "args" list.'
-    if args and args[0] is not False:
-        return "Extension scripts are not supported."
-    return None
-
-
-def unsupported(body: Txt2ImgIn) -> dict[str, str]:
-    """An error for each feature switched on that Studio lacks, and each malformed script."""
-    errors = {}
-    extra = body.model_extra or {}
-    for field, (feature, off) in OFF.items():
-        if field in extra and extra[field] not in off:
-            hint = f"send {json.dumps(off[0])} or leave it out"
-            errors[field] = f"{feature} is not supported; {hint}."
-    scripts = body.alwayson_scripts or {}
-    overrides = (body.override_settings.model_extra if body.override_settings else None) or {}
-    # One error a key would make a refusal as large as the request, rendered on the loop.
-    for field, named in (("alwayson_scripts", scripts), ("override_settings", overrides)):
-        if len(named) > MAX_NAMED:
-            errors[field] = f"At most {MAX_NAMED} entries."
-    for name, script in scripts.items() if len(scripts) <= MAX_NAMED else ():
-        if (error := script_error(script)) is not None:
-            errors[f"alwayson_scripts.{clip(name)}"] = error
-    for key, value in overrides.items() if len(overrides) <= MAX_NAMED else ():
-        if value not in OPTIONS_OFF.get(key, ()):
-            errors[f"override_settings.{clip(key)}"] = "This setting cannot be changed here."
-    if body.n_iter < 1:
-        errors["n_iter"] = "Must be 1 or more."
-    return errors
-
-
-def studio_sampler(body: Txt2ImgIn) -> str | None:
-    """Studio's sampler for A1111's sampler and scheduler; None for Studio's default."""
-    name = body.sampler_name or body.sampler_index
-    scheduler = (body.scheduler or "automatic").lower()
-    if scheduler not in SCHEDULERS:
-        known = ", ".join(SCHEDULERS.values())
-        raise A1111Error(422, {"scheduler": f"{body.scheduler!r} is not supported; use {known}."})
-    if not name:
-        return None
-    name = ALIASES.get(name, name)
-    if scheduler == "karras" and not name.endswith(" Karras"):
-        if f"{name} Karras" not in engine.SAMPLERS:
-            with_karras = [s.removesuffix(" Karras") for s in engine.SAMPLERS if "Karras" in s]
-            raise A1111Error(422, {"scheduler": f"Karras is not available with {name}; it is "
-                                                f"with {', '.join(with_karras)}."})
-        name = f"{name} Karras"
-    return name
-
-
-def job_params(body: Txt2ImgIn) -> dict:
-    """The request as the generate form's fields; A1111's -1 seeds mean random."""
-    errors = unsupported(body)
-    if errors:
-        raise A1111Error(422, errors)
-    subseed = body.subseed
-    if subseed is None or subseed < 0:
-        subseed = engine.random_seed() if body.subseed_strength else 0
-    title = body.override_settings.sd_model_checkpoint if body.override_settings else ""
-    return {
-        "prompt": body.prompt, "negative_prompt": body.negative_prompt,
-        "model": model_name(title) or None,
-        "seed": None if body.seed is None or body.seed < 0 else body.seed,
-        "subseed": subseed, "subseed_strength": body.subseed_strength,
-        "sampler": studio_sampler(body), "steps": body.steps, "guidance_scale": body.cfg_scale,
-        "width": body.width, "height": body.height,
-        "batch_size": body.batch_size * body.n_iter,
-    }
-
-
-def submit(user, body: Txt2ImgIn) -> Job:
-    """Validate and queue like the generate page: A1111Error names the fields at fault."""
-    try:
-        return services.job_submit(user=user, recipe=recipes.recipe_from_params(job_params(body)))
-    except recipes.InvalidParams as exc:
-        errors = {FIELDS.get(k, k): v for k, v in exc.errors.items()}
-        if "batch_size" in errors and body.n_iter > 1:
-            errors["batch_size"] += f" (batch_size × n_iter is {body.batch_size * body.n_iter})"
-        raise A1111Error(422, errors) from exc
-    except services.LimitExceeded as exc:
-        raise A1111Error(429, {"__all__": str(exc)}, {"Retry-After": str(exc.retry_after)}) from exc
-
-
 # --- Answering ----------------------------------------------------------------------------
 
 
@@ -303,9 +127,15 @@ def info(job: Job, outputs: list[Output]) -> dict:
 
 @sync_to_async
 def read_and_submit(request: HttpRequest) -> tuple[Txt2ImgIn, Job]:
-    """Read, translate, validate and queue, in a thread: CPU work on the caller's data."""
+    """Read, translate, validate and queue, in a thread: CPU work on the caller's data.
+    A refusal is a 422 (429 over a limit) naming A1111's fields."""
     body = read_body(request, Txt2ImgIn)
-    return body, submit(request.auth, body)
+    try:
+        return body, recipes.submit(user=request.auth,
+                                    request=a1111_request.studio_request(body))
+    except Refused as exc:
+        errors = a1111_request.a1111_errors(exc, body)
+        raise A1111Error(exc.status(422), errors, exc.headers) from exc
 
 
 @api.post("/txt2img")
@@ -346,7 +176,7 @@ def progress(request: HttpRequest):
                  sampling_steps=job.total_steps,
                  job_timestamp=job.started_at.strftime("%Y%m%d%H%M%S"))
     answer.update(progress=done, eta_relative=elapsed / done - elapsed if done else 0.0)
-    latest = services.job_latest_step(job)
+    latest = selectors.job_latest_step(job)
     if latest is not None and latest.get("preview"):
         answer["current_image"] = latest["preview"].partition(",")[2]
     return answer

@@ -6,7 +6,8 @@ and per-user limits apply, and the images land in the caller's gallery. Errors t
 shape, `{"error": {"message", "type", "param", "code"}}`, and its status codes, naming the
 OpenAI parameter at fault. `user` (OpenAI's end-user id for its abuse monitoring) and the
 parameters of OpenAI's own models (`quality`, `style`, …) are accepted and ignored: the token
-already says who asks, and a Studio model has no such knobs. One extension: `seed`.
+already says who asks, and a Studio model has no such knobs. Studio's extensions: the fields
+of its request that OpenAI has no name for (`seed`, `negative_prompt`, `steps`, …).
 """
 
 import base64
@@ -20,6 +21,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import reverse
 from ninja import NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+from pydantic import create_model
 
 from studio.api import (
     JsonParser,
@@ -31,7 +33,8 @@ from studio.api import (
     validation_errors,
 )
 
-from . import recipes, services, waiting
+from . import job_request, recipes, waiting
+from .job_request import JobRequest, Refused
 from .models import Job, Output
 
 api = NinjaAPI(
@@ -39,7 +42,7 @@ api = NinjaAPI(
     openapi_url=None, docs_url=None, auth=TokenBearer(), parser=JsonParser(),
 )
 
-# Studio's recipe fields as OpenAI's parameters name them.
+# Studio's request's fields as OpenAI's parameters name them.
 PARAMS = {"batch_size": "n", "width": "size", "height": "size"}
 LABELS = {"batch_size": "n"}
 SIZE = re.compile(r"(\d{1,5})x(\d{1,5})")
@@ -99,44 +102,46 @@ def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
 # --- Images -------------------------------------------------------------------------------
 
 
-class GenerateIn(Schema):
-    prompt: Text
-    model: Text | None = None
+class OpenAIFields(Schema):
+    """OpenAI's own parameters: `n` and `size` stand for Studio's batch_size, width and height."""
+
     n: int | None = 1
     size: Text | None = None
     response_format: Literal["url", "b64_json"] | None = "url"
     user: Text | None = None
-    # Studio's extension (the openai package sends it with `extra_body={"seed": 42}`): the
-    # batch's base seed, random if left out. Every image's own seed is in its PNG.
-    seed: int | None = None
 
 
-def job_params(body: GenerateIn) -> dict:
-    """OpenAI's parameters as the generate form's; left out, Studio's defaults apply (the
-    default model at its native size)."""
-    params = {"prompt": body.prompt, "model": body.model, "batch_size": body.n,
-              "seed": body.seed}
+# The request's fields but those OpenAI names otherwise (PARAMS), by their own names:
+# `prompt` and `model` are OpenAI's too, the rest Studio's extensions (the openai package
+# sends them with `extra_body={"seed": 42}`).
+GenerateIn = create_model(
+    "GenerateIn", __base__=OpenAIFields,
+    **job_request.schema_fields(leave_out=PARAMS),
+)
+
+
+def studio_request(body: OpenAIFields) -> JobRequest:
+    """OpenAI's parameters as Studio's request; left out, Studio's defaults apply (the
+    default model at its native size). Refused names the parameter at fault."""
+    params = body.model_dump(include=set(job_request.NAMES) - set(PARAMS))
+    params["batch_size"] = body.n
     if body.size and body.size != "auto":
         match = SIZE.fullmatch(body.size)
         if match is None:
-            raise OpenAIError(400, f"Invalid size '{body.size}': use 'WIDTHxHEIGHT', such as "
-                              "'512x512', or 'auto'.", param="size", code="invalid_value")
+            raise Refused({"size": f"Use 'WIDTHxHEIGHT', such as '512x512', or 'auto', not "
+                                   f"'{body.size}'."})
         params["width"], params["height"] = match.groups()
-    return params
+    return job_request.parse(params)
 
 
-def submit(user, params: dict) -> Job:
-    """Validate and queue like the generate page: OpenAIError names the parameter at fault."""
-    try:
-        return services.job_submit(user=user, recipe=recipes.recipe_from_params(params))
-    except recipes.InvalidParams as exc:
-        first = next(iter(exc.errors))
-        message = "; ".join(f"{LABELS.get(k, k)}: {v}" for k, v in exc.errors.items())
-        raise OpenAIError(400, message, param=PARAMS.get(first, first),
-                          code="invalid_value") from exc
-    except services.LimitExceeded as exc:
-        raise OpenAIError(429, str(exc), type="requests", code="rate_limit_exceeded",
-                          headers={"Retry-After": str(exc.retry_after)}) from exc
+def openai_error(refused: Refused) -> OpenAIError:
+    """A refusal in OpenAI's shape: 400 naming the first parameter at fault, or 429."""
+    if refused.kind == Refused.LIMIT:
+        return OpenAIError(429, "; ".join(refused.errors.values()), type="requests",
+                           code="rate_limit_exceeded", headers=refused.headers)
+    first = next(iter(refused.errors))
+    message = "; ".join(f"{LABELS.get(key, key)}: {text}" for key, text in refused.errors.items())
+    return OpenAIError(400, message, param=PARAMS.get(first, first), code="invalid_value")
 
 
 async def finished_outputs(job: Job) -> list[Output]:
@@ -148,11 +153,14 @@ async def finished_outputs(job: Job) -> list[Output]:
 
 
 @sync_to_async
-def read_and_submit(request: HttpRequest) -> tuple[GenerateIn, Job]:
+def read_and_submit(request: HttpRequest) -> tuple[OpenAIFields, Job]:
     """The request read, translated, validated and queued, in a thread: all of it is CPU work
     on the caller's data (JSON, the prompt's tokens), which the event loop must not do."""
     body = read_body(request, GenerateIn)
-    return body, submit(request.auth, job_params(body))
+    try:
+        return body, recipes.submit(user=request.auth, request=studio_request(body))
+    except Refused as exc:
+        raise openai_error(exc) from exc
 
 
 @api.post("/images/generations")
@@ -187,12 +195,12 @@ def model_out(name: str) -> dict:
 
 @api.get("/models")
 def model_list(request: HttpRequest):
-    return {"object": "list", "data": [model_out(name) for name in recipes.model_names()]}
+    return {"object": "list", "data": [model_out(name) for name in job_request.model_names()]}
 
 
 @api.get("/models/{model}")
 def model_detail(request: HttpRequest, model: str):
-    if model not in recipes.model_names():
+    if model not in job_request.model_names():
         raise OpenAIError(404, f"The model '{model}' does not exist.", param="model",
                           code="model_not_found")
     return model_out(model)

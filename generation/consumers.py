@@ -4,14 +4,14 @@ relays and forwards a cancel to the service; job rules live in generation.servic
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from . import broadcast, services
+from . import pubsub_layer, selectors, services
 from .presenters import job_state
 
 
 class JobConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
         user = self.scope.get("user")
-        self.job = await database_sync_to_async(services.get_job_for_user)(
+        self.job = await database_sync_to_async(selectors.get_job_for_user)(
             user=user, job_id=self.scope["url_route"]["kwargs"]["job_id"]
         )
         if self.job is None:
@@ -19,7 +19,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=4404)
             return
         # Join before reading the state, so no message falls between the two.
-        await broadcast.group_add(self.channel_layer, self.job.group_name, self.channel_name)
+        await pubsub_layer.group_add(self.channel_layer, self.job.group_name, self.channel_name)
         await self.accept()
         for message in await database_sync_to_async(self.catch_up)():
             await self.send_json(message)
@@ -29,7 +29,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         client that connects mid-run draws the picture now, not a step later. Before its
         first step, the state says whether it waits for its model to load."""
         state = self.current_state()
-        latest = services.job_latest_step(self.job)
+        latest = selectors.job_latest_step(self.job)
         if latest is None:
             return [state]
         if latest["type"] == "job.state":  # runner.announce_loading's
@@ -39,7 +39,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
 
     def current_state(self) -> dict:
         self.job.refresh_from_db()
-        return {"type": "state", "job": job_state(self.job)}
+        return {"type": "state", "job": job_state(selectors.job_view(self.job))}
 
     async def disconnect(self, code):
         if getattr(self, "job", None) is not None:
@@ -59,11 +59,15 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
 
     # Group messages from the worker, relayed as they are.
     async def dispatch(self, message):
-        """Relay the worker's messages straight away. Channels closes the thread's expired
-        database connections before every handler, a round trip to a worker thread that
-        these handlers, which never touch the database, do not need: it came with every
-        step of every watched job. The handlers that do use the database go through
-        `database_sync_to_async`, which closes them itself."""
+        """Relay the worker's messages straight away. Channels' own `dispatch` closes the
+        thread's expired database connections before every handler, a round trip to a worker
+        thread that these handlers, which never touch the database, do not need: it came with
+        every step of every watched job. The handlers that do use the database go through
+        `database_sync_to_async`, which closes them itself.
+
+        Channels documents no hook for this, so the override assumes its `dispatch` does
+        nothing else a relay needs; pyproject.toml pins channels, and
+        tests/generation/test_library_internals.py fails if an upgrade changes that."""
         relay = {"job.progress": self.job_progress, "job.state": self.job_state,
                  "job.queue": self.job_queue}
         handler = relay.get(message["type"])

@@ -86,6 +86,39 @@ class Job(models.Model):
         return f"job.{pk}"
 
 
+class StoredRecipe:
+    """Typed reads of a recipe as Studio stores it (the JSON of engine.Recipe,
+    docs/architecture.md §4), for the web tier, which shows recipes but never runs them and
+    so does not import the engine.
+
+    A recipe holds its batch's base seeds; the image at `batch_index` is made from
+    seed + batch_index (and, with a variation, subseed + batch_index), as
+    engine.Recipe.image_seed numbers them."""
+
+    def __init__(self, data: dict):
+        self.data = data
+
+    @property
+    def batch_index(self) -> int:
+        return self.data.get("batch_index") or 0
+
+    @property
+    def image_seed(self) -> int | None:
+        """This image's own seed; None when the recipe records no seed (an imported
+        AUTOMATIC1111 file may not)."""
+        seed = self.data.get("seed")
+        return None if seed is None else seed + self.batch_index
+
+    @property
+    def image_subseed(self) -> int:
+        """This image's own variation seed (used only when `subseed_strength` is above 0)."""
+        return (self.data.get("subseed") or 0) + self.batch_index
+
+    @property
+    def subseed_strength(self) -> float:
+        return self.data.get("subseed_strength") or 0.0
+
+
 def output_path(output: "Output", filename: str) -> str:
     # Built only from ids we generated, never from user input.
     return f"outputs/{output.job_id}/{output.index}.png"
@@ -122,6 +155,15 @@ class Output(models.Model):
 
     def get_page_url(self) -> str:
         return reverse("image_detail", args=[self.pk])
+
+    @property
+    def image_seed(self) -> int:
+        """The seed this image was made from (a worker's recipe always records one)."""
+        return StoredRecipe(self.recipe).image_seed
+
+    @property
+    def image_subseed(self) -> int:
+        return StoredRecipe(self.recipe).image_subseed
 
 
 class BlockedPhrase(models.Model):

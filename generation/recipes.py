@@ -1,106 +1,47 @@
-"""From what a person typed to a validated recipe (docs/architecture.md §4), for every door that
-submits: the generate page, the API and the compatibility endpoints.
+"""From a request (generation/job_request.py) to a validated recipe (docs/architecture.md §4)
+and a queued job: `submit`, the one service the generate page and the APIs call.
 
 Validation happens once, loudly, before anything is queued: each bad field gets its own
-message, named after the field.
+message, named after the field, in one Refused.
 """
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 
-from django.conf import settings
-
-from . import engine, registry
-from .models import BlockedPhrase
-
-# None leaves the choice to the engine: its default sampler and guidance, the model's native
-# size, and a random seed (which the recipe then records).
-DEFAULTS = {
-    "prompt": "",
-    "negative_prompt": "",
-    "sampler": None,
-    "steps": 20,
-    "guidance_scale": None,
-    "width": None,
-    "height": None,
-    "batch_size": 1,
-    "seed": None,
-    "subseed": 0,
-    "subseed_strength": 0.0,
-}
-INTS = ("steps", "width", "height", "batch_size", "seed", "subseed")
-FLOATS = ("guidance_scale", "subseed_strength")
+from . import engine, registry, services
+from .job_request import FIELDS, JobRequest, Refused, model_names, parse
+from .models import BlockedPhrase, Job
 
 log = logging.getLogger(__name__)
 
 
-class InvalidParams(Exception):
-    def __init__(self, errors: dict[str, str]):
-        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
-        self.errors = errors
-
-
-def model_names() -> list[str]:
-    return list(registry.models())
-
-
-def sampler_names() -> list[str]:
-    return list(engine.SAMPLERS)
+def model_spec(name: str) -> engine.ModelSpec | None:
+    """The limits and native size of the model called `name` (read from its configs, not its
+    weights); None when there is no such model or its files cannot be read."""
+    source = registry.models().get(name)
+    if source is None:
+        return None
+    try:
+        return engine.load_spec(source)
+    except engine.ModelLoadError as exc:
+        log.warning("model %r cannot be read: %s", name, exc)
+        return None
 
 
 def form_initial(params: Mapping) -> dict:
-    """The generate form's starting values: the defaults, overridden by query parameters
-    (Remix links carry a recipe this way). Nothing here is trusted; submit validates."""
-    initial = dict(
-        DEFAULTS, model=settings.STUDIO_DEFAULT_MODEL, sampler=engine.DEFAULT_SAMPLER,
-        guidance_scale=engine.DEFAULT_GUIDANCE, width=64, height=64,
-    )
+    """The generate form's starting values: the request's defaults, with the default model
+    and the chosen model's native size, overridden by query parameters (Remix links carry a
+    recipe this way). Nothing here is trusted; submit validates."""
+    initial = {**dataclasses.asdict(JobRequest()), "model": registry.default_name()}
     for key in initial:
         if params.get(key) not in (None, ""):
             initial[key] = params.get(key)
+    spec = model_spec(str(initial["model"]))
+    for field in FIELDS:
+        if field.sized and initial[field.name] is None and spec is not None:
+            initial[field.name] = spec.native_size
     return initial
-
-
-def too_long(params: Mapping) -> dict[str, str]:
-    """An error for each field longer than STUDIO_MAX_TEXT_CHARS, checked before anything
-    reads them: tokenizing or matching blocked phrases in megabytes would hold a thread."""
-    limit = settings.STUDIO_MAX_TEXT_CHARS
-    return {
-        key: f"Enter at most {limit:,} characters."
-        for key in (*DEFAULTS, "model")
-        if isinstance(value := params.get(key), str) and len(value) > limit
-    }
-
-
-def parse_params(params: Mapping) -> dict:
-    """Types each field; one error per field that is not of its type. Empty means default.
-    Text over STUDIO_MAX_TEXT_CHARS is refused before it is read (too_long)."""
-    if errors := too_long(params):
-        raise InvalidParams(errors)
-    values, errors = {}, {}
-    for key, default in DEFAULTS.items():
-        raw = params.get(key)
-        raw = raw.strip() if isinstance(raw, str) else raw
-        if raw in (None, ""):
-            values[key] = default
-            continue
-        try:
-            if key in INTS:
-                values[key] = int(raw)
-            elif key in FLOATS:
-                values[key] = float(raw)
-            elif "\x00" in str(raw):
-                # Postgres cannot store a NUL character in text.
-                errors[key] = "Remove the NUL character."
-            else:
-                values[key] = str(raw)
-        except (TypeError, ValueError):
-            kind = "a whole number" if key in INTS else "a number"
-            errors[key] = f"Enter {kind}."
-    values["model"] = str(params.get("model") or settings.STUDIO_DEFAULT_MODEL)
-    if errors:
-        raise InvalidParams(errors)
-    return values
 
 
 def blocked_phrase_in(prompt: str) -> str | None:
@@ -112,32 +53,53 @@ def blocked_phrase_in(prompt: str) -> str | None:
     return None
 
 
-def recipe_from_params(params: Mapping) -> dict:
-    """Validated recipe JSON from request parameters.
-
-    1. Type each field (InvalidParams names the fields that fail).
-    2. Refuse a prompt with a blocked phrase; resolve the model name to its source.
-    3. Let the engine fill its defaults (a random seed among them, recorded in the recipe)
-       and validate the whole recipe against the model's limits.
-    """
-    values = parse_params(params)
-    blocked = blocked_phrase_in(values["prompt"])
-    if blocked:
-        raise InvalidParams(
-            {"prompt": f"The prompt contains “{blocked}”, which this server does not allow."}
-        )
-    name = values.pop("model")
+def _model(name: str) -> engine.ModelRef:
     try:
         model = registry.get(name)
     except engine.ModelLoadError as exc:
         # The reason names the model's files on this server: for the log, not the caller.
         log.warning("model %r cannot be read: %s", name, exc)
-        raise InvalidParams({"model": "This model cannot be read right now."}) from exc
+        raise Refused({"model": "This model cannot be read right now."}) from exc
     if model is None:
-        raise InvalidParams({"model": "Unknown model. Choose one of: " + ", ".join(model_names())})
-    chosen = {key: value for key, value in values.items() if value is not None}
+        raise Refused({"model": "Unknown model. Choose one of: " + ", ".join(model_names())})
+    return model
+
+
+def recipe_for(request: JobRequest) -> dict:
+    """The request as validated recipe JSON; Refused names the fields at fault.
+
+    1. Refuse a prompt with a blocked phrase; resolve the model's name to its source.
+    2. Let the engine fill its defaults (a random seed among them, recorded in the recipe)
+       and validate the whole recipe against the model's limits.
+    """
+    blocked = blocked_phrase_in(request.prompt)
+    if blocked:
+        raise Refused(
+            {"prompt": f"The prompt contains “{blocked}”, which this server does not allow."}
+        )
+    model = _model(request.model or registry.default_name())
+    chosen = {
+        key: value for key, value in dataclasses.asdict(request).items()
+        if value is not None and key != "model"
+    }
     try:
         recipe = engine.build_recipe(model=model, **chosen)
     except engine.RecipeError as exc:
-        raise InvalidParams(exc.errors) from exc
+        raise Refused(exc.errors) from exc
     return recipe.to_json()
+
+
+def recipe_from_params(params: Mapping) -> dict:
+    """Validated recipe JSON from field names and values (parse, then recipe_for): for
+    scripts and tests that make a recipe without a door."""
+    return recipe_for(parse(params))
+
+
+def submit(*, user, request: JobRequest) -> Job:
+    """Queue the request as `user`'s job. Raises Refused: for its fields (INVALID), or when a
+    per-user limit is reached (LIMIT, with when to retry)."""
+    recipe = recipe_for(request)
+    try:
+        return services.job_submit(user=user, recipe=recipe)
+    except services.LimitExceeded as exc:
+        raise Refused({"__all__": str(exc)}, retry_after=exc.retry_after) from exc

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import InterfaceError, OperationalError, close_old_connections
 
-from . import broadcast, engine, registry, services, sidecar
+from . import broadcast, engine, registry, selectors, services, sidecar
 from .models import Job
 from .presenters import job_state
 
@@ -54,7 +54,7 @@ def announce(job: Job, outputs=None) -> None:
     stored already, and a client that misses this reads it over HTTP or on reconnect. The
     job's kept latest step goes with it (`keep=False`)."""
     try:
-        state = job_state(job, outputs=outputs)
+        state = job_state(selectors.job_view(job, outputs=outputs))
         broadcast.send(job.group_name, {"type": "job.state", "job": state}, keep=False)
     except Exception as exc:  # a lost message must not fail a finished job
         log.warning("could not announce job %s: %s", job.pk, exc)
@@ -65,7 +65,7 @@ def announce_loading(job: Job, model: str) -> None:
     takes seconds, sometimes longer than all the steps. Kept as the job's latest message
     until its first step replaces it, so a watcher who connects meanwhile hears it too."""
     try:
-        state = job_state(job) | {"loading_model": model}
+        state = job_state(selectors.job_view(job)) | {"loading_model": model}
         broadcast.send(job.group_name, {"type": "job.state", "attempt": job.attempt,
                                         "job": state}, keep=True)
     except Exception as exc:  # only news: the run goes on
@@ -87,11 +87,9 @@ def _generate(job: Job, steps: sidecar.SidecarRun) -> tuple[engine.Result, list[
         started = time.perf_counter()
         pipeline = engine.load_pipeline(source, device=device, dtype=dtype)
         model_load = 0.0 if loaded else time.perf_counter() - started
-        # Inline: handing a step to the sidecar is one send, cheaper than waking the
-        # engine's reporter thread to make it (tests/benchmarks/step_costs.py).
+        # Each step is handed to the sidecar on the sampling thread: one send.
         result = engine.generate(
-            recipe, pipeline=pipeline, on_step=steps.step, should_cancel=steps.should_stop,
-            on_step_inline=True,
+            recipe, pipeline=pipeline, on_step=steps.step, should_cancel=steps.should_stop
         )
     finally:
         # Every step sent is reported and its heartbeat written before the job is finished,

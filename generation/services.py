@@ -1,12 +1,12 @@
 """Job rules: the only place they live (docs/architecture.md §3). Views, the API, the websocket
-consumer and the Celery task call these.
+consumer and the Celery task call these. The reads (the door to a job, the queue's order,
+listings) are in selectors.py.
 
 Every state change is one conditional UPDATE (`... WHERE status = 'queued'`), so a message
 delivered twice, a reaper racing a worker, or two workers racing each other change a job once.
 """
 
 import functools
-import itertools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -14,13 +14,15 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Count, Exists, F, Min, OuterRef, Q, Subquery
+from django.db.models import Count, Min, Q
 from django.utils import timezone
 
+from studio.celery import app
 from studio.services import user_lock
 
 from . import broadcast
 from .models import Job, Output
+from .selectors import fair_queue, start_order
 from .signals import job_succeeded
 
 log = logging.getLogger(__name__)
@@ -32,14 +34,6 @@ class LimitExceeded(Exception):
     def __init__(self, message: str, retry_after: int):
         super().__init__(message)
         self.retry_after = retry_after
-
-
-def get_job_for_user(*, user, job_id) -> Job | None:
-    """The one door to a job: None (a 404) unless the user owns it or is staff."""
-    if not getattr(user, "is_authenticated", False):
-        return None
-    jobs = Job.objects.all() if user.is_staff else Job.objects.filter(owner=user)
-    return jobs.filter(pk=job_id).first()
 
 
 # --- Submit -------------------------------------------------------------------------------
@@ -98,55 +92,27 @@ def job_submit(*, user, recipe: dict, reveals: int | None = None) -> Job:
     return job
 
 
-def dispatch(job_id) -> None:
-    from .tasks import run_job
+# The task that runs the next job (generation/tasks.py). Sent by name: the task calls these
+# services, so importing it here would close a circle of imports.
+RUN_JOB = "generation.run_job"
 
-    run_job.apply_async(args=[str(job_id)], queue=settings.STUDIO_QUEUE)
+
+def dispatch(job_id) -> None:
+    """Send a run_job message on this deployment's queue (a test run has its own, set after
+    the settings' routes were read). No result is kept, as the task declares: a sender that
+    has not imported the task would otherwise subscribe to one in Redis on every submit."""
+    app.send_task(RUN_JOB, args=[str(job_id)], queue=settings.STUDIO_QUEUE, ignore_result=True)
 
 
 # --- Claim, progress, finish --------------------------------------------------------------
-
-
-def fair_queue():
-    """Queued jobs in the order they should run.
-
-    Round-robin across users: the user served least recently (whose latest job started
-    longest ago, or never) goes first, oldest job first within a user. One user queueing 20
-    jobs gets one turn per round like everyone else. Every worker claims from the head of
-    this order, whatever job its message named, so the order holds with any number of workers.
-
-    Each user's oldest job comes before every user's later ones. One claim at a time, that
-    changes nothing: the head is a user's oldest job either way. But a worker claiming while
-    another holds the head's row (not committed yet, so its owner's turn is not recorded)
-    skips that row, and then takes the next user's oldest job, not the same user's next one.
-    """
-    # The newest start, one step back along the (owner, started_at) index. As a MAX()
-    # grouped by owner, Postgres read every job the owner ever started, for each queued job:
-    # with 50,000 finished jobs a claim took 6.4 ms with 50 queued and 186 ms with 2,000,
-    # and now 1.3 and 10.3 ms (tests/benchmarks/queue_scale.py).
-    last_served = (
-        Job.objects.filter(owner=OuterRef("owner"), started_at__isnull=False)
-        .order_by("-started_at")
-        .values("started_at")[:1]
-    )
-    older = Job.objects.filter(
-        owner=OuterRef("owner"), status=Job.Status.QUEUED, queued_at__lt=OuterRef("queued_at")
-    )
-    return (
-        Job.objects.filter(status=Job.Status.QUEUED)
-        .annotate(last_served=Subquery(last_served), later=Exists(older))
-        # pk last: ties broken the same way by every query, the claim's and start_order's
-        .order_by("later", F("last_served").asc(nulls_first=True), "queued_at", "pk")
-    )
 
 
 def job_claim_next(*, worker: str) -> Job | None:
     """Move the next job in fair order from queued to running, or return None if none waits.
 
     One statement locks the head of the fair queue (skipping a row another worker holds),
-    starts it and returns it. Every job waits for its claim: as a SELECT and an UPDATE, each
-    built by the ORM, it took 6.2 ms on the 2-core machine, and this 3.2-3.5 ms (medians of
-    35 claims, the two run alternately).
+    starts it and returns it. Every job waits for its claim, and a SELECT and an UPDATE, each
+    built by the ORM, took about twice as long (docs/performance.md).
     """
     now = timezone.now()
     sql, head_params = claim_statement()
@@ -173,11 +139,9 @@ def claim_statement() -> tuple[str, tuple]:
     return sql, head_params
 
 
-# Every sampling step of every job writes this, from the worker's sidecar process. Django
-# building the UPDATE took 364 us of interpreter time a call against 111 us for the statement
-# alone. When the heartbeat was written from a thread beside the loop (which waited on the
-# interpreter lock meanwhile), 20 steps took 1.12-1.14x the bare call with the ORM heartbeat
-# and 1.08-1.10x with this one (tests/benchmarks/step_costs.py, previews on).
+# Every sampling step of every job writes this, from the worker's sidecar process: written by
+# hand, as Django building the UPDATE cost about three times the statement's own interpreter
+# time (docs/performance.md, tests/benchmarks/step_costs.py).
 PROGRESS_SQL = (
     f"UPDATE {Job._meta.db_table} SET step = %s, heartbeat = %s "  # noqa: S608 (a model's table)
     "WHERE id = %s AND status = %s AND attempt = %s AND NOT cancel_requested"
@@ -192,19 +156,6 @@ def job_progress(*, job: Job, step: int) -> bool:
             PROGRESS_SQL, [step, timezone.now(), job.pk, Job.Status.RUNNING, job.attempt]
         )
         return cursor.rowcount == 1
-
-
-def job_latest_step(job: Job) -> dict | None:
-    """The running job's latest step as its watchers got it (with its preview), if this
-    attempt has made one: the worker keeps it in Redis as it publishes it. Before the first
-    step, the state message saying the run waits for its model, if it does. A reaped attempt
-    that has not stopped yet may still publish; its steps are not this attempt's."""
-    if job.status != Job.Status.RUNNING:
-        return None
-    latest = broadcast.latest(job.group_name)
-    if latest is None or latest.get("attempt") != job.attempt:
-        return None
-    return latest
 
 
 def job_finish(*, job: Job, outputs: list[dict], timings: dict) -> list[Output] | None:
@@ -320,43 +271,6 @@ def jobs_reap(*, broker_backlog: int) -> ReapReport:
     return report
 
 
-# --- Reads for pages ----------------------------------------------------------------------
-
-
-def jobs_for_page(*, user, finished: int = 10) -> list[Job]:
-    """The user's jobs for "Recent jobs", newest first: every unfinished one (each can still be
-    canceled there, and at most STUDIO_MAX_QUEUED_PER_USER wait) and the latest `finished`."""
-    jobs = Job.objects.filter(owner=user).prefetch_related("outputs").order_by("-queued_at")
-    unfinished = list(jobs.exclude(status__in=Job.FINISHED))
-    ended = list(jobs.filter(status__in=Job.FINISHED)[:finished])
-    return sorted([*unfinished, *ended], key=lambda job: job.queued_at, reverse=True)
-
-
-def queue_position(job: Job) -> int | None:
-    """How many queued jobs will start before this one (0: it is next), or None if it is
-    not queued. For the queue as it is now; later arrivals can change it. Workers claiming
-    at the same moment keep to it too: each skips the rows the others hold, which are the
-    jobs before its own turn (see fair_queue)."""
-    if job.status != Job.Status.QUEUED:
-        return None
-    order = start_order()
-    return order.index(job.pk) if job.pk in order else None
-
-
-def start_order() -> list:
-    """The queued jobs' ids in the order workers will start them, as the queue stands.
-
-    Not `fair_queue`'s order: that lists all of a user's jobs together, and only its head is
-    claimed. A claim makes its owner the user served last, so the users take turns in the
-    order they first appear there, one job each per round, each user's oldest first.
-    """
-    turns: dict = {}  # owner -> their queued job ids, oldest first; in turn order
-    for pk, owner in fair_queue().values_list("pk", "owner_id"):
-        turns.setdefault(owner, []).append(pk)
-    rounds = itertools.zip_longest(*turns.values())
-    return [pk for jobs in rounds for pk in jobs if pk is not None]
-
-
 # The advisory lock key that serializes announce_queue ("studio" in ASCII).
 ANNOUNCE_LOCK = 0x73747564696F
 
@@ -384,17 +298,3 @@ def announce_queue() -> None:
         log.warning("could not announce the queue's order: %s", exc)
         if isinstance(exc, DatabaseError) and not connection.in_atomic_block:
             connection.close()  # broken, maybe: the caller's next query opens a new one
-
-
-def queue_summary() -> list[dict]:
-    """Queued and running jobs per user, for the staff page."""
-    rows = (
-        Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
-        .values("owner__username")
-        .annotate(
-            queued=Count("pk", filter=Q(status=Job.Status.QUEUED)),
-            running=Count("pk", filter=Q(status=Job.Status.RUNNING)),
-        )
-        .order_by("-queued", "owner__username")
-    )
-    return list(rows)

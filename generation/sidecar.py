@@ -5,10 +5,10 @@ tells whether the run may go on. Every k-th step it also keeps a frame of each i
 batch on its own, for that image's page. A job that reveals one image of its batch (a
 reproduction) gets previews and frames of that image alone: its siblings never leave here.
 
-Why a process: done on a thread beside the loop, this work took turns with sampling at the
-interpreter lock and made a one-thread run of the demo model 12-14% slower than the bare
-engine call; from the sidecar, 5-6% (tests/benchmarks/step_costs.py). The loop pays for
-pickling a few kilobytes into a socket, and the work runs on another core.
+Why a process: done on a thread beside the loop, this work takes turns with sampling at the
+interpreter lock; from the sidecar it costs a run about half as much (docs/performance.md,
+tests/benchmarks/step_costs.py). The loop pays for pickling a few kilobytes into a socket,
+and the work runs on another core.
 
 The sidecar is forked from the worker process as that starts (generation/runner.preload) or
 on its first job, so it starts at once and shares the imported code. It serves one job at
@@ -35,7 +35,9 @@ import threading
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
-from django.db import DatabaseError, connection, connections
+from django.db import DatabaseError, connection
+
+from studio import forked_connections
 
 from . import broadcast, engine, services
 from .models import Job
@@ -125,7 +127,7 @@ class Sidecar:
 
 class SidecarRun:
     """One job's steps, sent to the sidecar. ``step``, ``should_stop`` and ``end`` are called
-    on the sampling thread (the engine's ``on_step_inline``); a socket carries both
+    on the sampling thread (the engine calls ``on_step`` there); a socket carries both
     directions at once."""
 
     def __init__(self, sidecar: Sidecar):
@@ -194,17 +196,12 @@ def get() -> Sidecar:
 
 # --- The sidecar's side -------------------------------------------------------------------
 
-# The worker's database connections, as forked: their sockets are the worker's, so they are
-# kept here, never used, never closed (closing one would end the worker's session).
-_inherited: list = []
-
-
 def _serve(conn: Connection) -> None:
     """The sidecar's life: one job after another, until the worker process goes away."""
     # Ctrl-C reaches the whole process group; the sidecar ends with its worker instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _own_connections()
+    forked_connections.disown()
     try:
         while True:
             kind, fields = conn.recv()
@@ -214,22 +211,6 @@ def _serve(conn: Connection) -> None:
         pass
     finally:
         connection.close()
-
-
-def _own_connections() -> None:
-    """Leave the worker's database connections alone: the forked copies share its sockets.
-    The sidecar opens one connection of its own, outside any pool: a forked pool would hand
-    out the worker's connections, and its maintenance threads were not forked with it."""
-    for database in connections.all(initialized_only=True):
-        _inherited.append(database.connection)
-        database.connection = None
-    for database in connections.all():
-        pools = getattr(type(database), "_connection_pools", None)
-        if pools:  # the PostgreSQL backend's, one per alias, shared by the class
-            _inherited.append(dict(pools))
-            pools.clear()
-        options = {k: v for k, v in database.settings_dict["OPTIONS"].items() if k != "pool"}
-        database.settings_dict = {**database.settings_dict, "OPTIONS": options}
 
 
 class _Inbox:

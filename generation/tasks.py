@@ -12,7 +12,7 @@ from .workers import broker_backlog
 
 # The job's row is its result: nobody reads a Celery result, and storing one (and, on
 # submit, subscribing to it) would cost every job a few Redis round trips.
-@shared_task(name="generation.run_job", ignore_result=True, bind=True)
+@shared_task(name=services.RUN_JOB, ignore_result=True, bind=True)
 def run_job(self, job_id: str | None = None) -> str:
     """Run the next job in fair order. `job_id` names the job this message was sent for;
     the worker may run another (docs/architecture.md §3), and every message runs at most one job.

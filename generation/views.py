@@ -7,7 +7,8 @@ from django.http import Http404, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_POST
 
-from . import recipes, services
+from . import job_request, recipes, selectors, services
+from .forms import generate_form
 from .models import Job
 from .presenters import job_state
 from .workers import worker_summary
@@ -15,12 +16,10 @@ from .workers import worker_summary
 
 @login_required
 def generate(request):
-    recent = services.jobs_for_page(user=request.user)
+    recent = selectors.jobs_for_page(user=request.user)
     last = recent[0].recipe.get("seed") if recent else None
     context = {
-        "initial": recipes.form_initial(request.GET),
-        "models": recipes.model_names(),
-        "samplers": recipes.sampler_names(),
+        "form": generate_form(request.GET),
         "recent_jobs": recent,
         "last_seed": last,
     }
@@ -30,20 +29,17 @@ def generate(request):
 @login_required
 @require_POST
 def job_submit(request):
+    """The form's fields as a request; a refusal is the form's errors by field, which
+    generate.js shows next to each."""
     try:
-        recipe = recipes.recipe_from_params(request.POST)
-        job = services.job_submit(user=request.user, recipe=recipe)
-    except recipes.InvalidParams as exc:
-        return JsonResponse({"errors": exc.errors}, status=400)
-    except services.LimitExceeded as exc:
-        response = JsonResponse({"errors": {"__all__": str(exc)}}, status=429)
-        response["Retry-After"] = str(exc.retry_after)
-        return response
-    return JsonResponse({"job": job_state(job)}, status=201)
+        job = recipes.submit(user=request.user, request=job_request.parse(request.POST))
+    except job_request.Refused as exc:
+        return JsonResponse({"errors": exc.errors}, status=exc.status(400), headers=exc.headers)
+    return JsonResponse({"job": job_state(selectors.job_view(job))}, status=201)
 
 
 def _job_or_404(request, job_id) -> Job:
-    job = services.get_job_for_user(user=request.user, job_id=job_id)
+    job = selectors.get_job_for_user(user=request.user, job_id=job_id)
     if job is None:
         raise Http404
     return job
@@ -51,7 +47,7 @@ def _job_or_404(request, job_id) -> Job:
 
 @login_required
 def job_detail(request, job_id):
-    return JsonResponse({"job": job_state(_job_or_404(request, job_id))})
+    return JsonResponse({"job": job_state(selectors.job_view(_job_or_404(request, job_id)))})
 
 
 @login_required
@@ -62,14 +58,14 @@ def job_cancel(request, job_id):
         services.job_cancel(job=job, actor=request.user)
     except services.NotJobOwner:
         raise Http404 from None
-    return JsonResponse({"job": job_state(job)})
+    return JsonResponse({"job": job_state(selectors.job_view(job))})
 
 
 @staff_member_required
 def staff_queue(request):
     context = {
         "workers": worker_summary(),
-        "queues": services.queue_summary(),
+        "queues": selectors.queue_summary(),
         "running": Job.objects.filter(status=Job.Status.RUNNING).select_related("owner"),
         "heartbeat_timeout": settings.STUDIO_HEARTBEAT_TIMEOUT,
     }

@@ -20,7 +20,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
 
-from . import broadcast
+from . import pubsub_layer
 from .models import Job, Output
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ async def _listening(group: str, finished: asyncio.Event):
 async def _join(layer, group: str) -> str | None:
     try:
         channel = await layer.new_channel()
-        await broadcast.group_add(layer, group, channel)
+        await pubsub_layer.group_add(layer, group, channel)
     except Exception as exc:  # Redis away: polling alone still gets there
         log.warning("waiting for %s by polling only: %s", group, exc)
         return None

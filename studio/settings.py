@@ -216,7 +216,8 @@ CELERY_ACCEPT_CONTENT = ["json"]
 # job opened its connections anew (its claim's, and then its heartbeat's): about 12 ms a job,
 # measured with tests/benchmarks/serving_overhead.py. It keeps them for this many tasks
 # instead; studio/celery.py hands a task's connections back to the pool around each task,
-# which drops one that broke (a Postgres restart).
+# which drops one that broke (a Postgres restart). The fix-up reads this setting, though
+# Celery does not document it: tests/generation/test_library_internals.py checks it still does.
 CELERY_DB_REUSE_MAX = envint("CELERY_DB_REUSE_MAX", 500)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -1,5 +1,5 @@
 """Shared fixtures: the people (docs/architecture.md §8), a live ASGI server and a real Celery
-worker.
+worker; and the `slow` mark on the tests that start one, which `make test-fast` leaves out.
 
 alice owns things, bob is alice's teammate, carol has no access, admin is staff.
 """
@@ -20,6 +20,37 @@ ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct-horse-battery-staple"
 
 
+# What makes a test slow: a server, a worker or another process of its own, a browser, or the
+# real demo model. These fixtures bring one (the generic `server` and `worker` are test_stall's,
+# test_live_leaks's and test_batch_privacy's), and so does a test that uses these names itself.
+SLOW_FIXTURES = frozenset({
+    "studio_server", "socket_server", "server", "celery_worker", "module_worker", "worker",
+    "browser", "demo_pipeline",
+})
+SLOW_NAMES = frozenset({"LiveServer", "ServerProcess", "Worker", "subprocess"})
+
+
+def pytest_collection_modifyitems(items):
+    """Mark `slow` every test that starts a live server, a worker or another process, or a
+    browser, or runs the demo model, so `make test-fast` (-m "not slow") runs the rest: the
+    engine on the tiny model, recipes, services and views."""
+    for item in items:
+        function = getattr(item, "function", None)
+        names = names_used(function.__code__) if function else set()
+        if (SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+                or SLOW_NAMES & names or item.get_closest_marker("e2e")):
+            item.add_marker(pytest.mark.slow)
+
+
+def names_used(code) -> set[str]:
+    """The global and attribute names a function's code uses, its comprehensions' included."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= names_used(const)
+    return names
+
+
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
     """A test database, a broker queue and cache keys of this run's own (test_studio_<pid>),
@@ -30,6 +61,15 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
     test["NAME"] = f"test_{settings.DATABASES['default']['NAME']}_{suffix}"
     settings.STUDIO_QUEUE = f"{settings.STUDIO_QUEUE}-test-{suffix}"
     settings.CACHES["default"]["KEY_PREFIX"] = f"studio-test-{suffix}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def static_files_found_per_request():
+    """WhiteNoise lists every static file (Django's admin's and the API docs' included) each
+    time its middleware is made, and every test client makes one: a fifth of a view test's
+    time. Tests ask for static files seldom, so they find each when asked, as development
+    does; tests/generation/test_library_internals.py serves them both ways."""
+    settings.WHITENOISE_AUTOREFRESH = True
 
 
 @pytest.fixture(autouse=True)
@@ -213,7 +253,9 @@ class Worker:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited: {self.log.read_text()[-2000:]}")
-            if app.control.ping(timeout=0.5):
+            # This worker's own answer: another test run's worker on the same Redis answers a
+            # ping to all, before this one is up.
+            if app.control.ping(destination=[self.name], timeout=0.5):
                 return
         raise RuntimeError(f"worker not ready: {self.log.read_text()[-2000:]}")
 

@@ -26,12 +26,11 @@ Samplers (``samplers.py``)
     make_scheduler(name, base_config, seed, batch_size=1)
 
 Generation (``generate.py``, ``previews.py``)
-    generate(recipe, *, pipeline=None, on_step=None, should_cancel=None, preview=Previews(),
-             on_step_inline=False) -> Result(images, recipes, timings, canceled)
+    generate(recipe, *, pipeline=None, on_step=None, should_cancel=None, preview=Previews())
+        -> Result(images, recipes, timings, canceled)
         on_step(step, total, preview | None, elapsed_seconds) after each of ``steps``
-        steps, in order, on a reporter thread beside the sampling loop (on the sampling
-        thread with on_step_inline); should_cancel() after each model call, on the sampling
-        thread, stopping within one step.
+        steps, in order, on the sampling thread (a failure in it stops the run there);
+        should_cancel() after each model call, stopping within one step.
     StepPreview (LatentPreview | DecodedPreview): picklable arrays; render(index=None) ->
         image bytes, the batch side by side or its image at ``index`` alone
     Previews(vae_every=0, max_size=256, format="WEBP"), fit_latent_rgb(pipeline)

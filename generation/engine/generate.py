@@ -1,8 +1,6 @@
 """Running a recipe: the stock diffusers pipeline, with a step callback for previews, timings
 and cancel, and the initial noise drawn exactly as docs/architecture.md §4 fixes it."""
 
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -66,7 +64,6 @@ def generate(
     on_step: OnStep | None = None,
     should_cancel: ShouldCancel | None = None,
     preview: Previews | None = DEFAULT_PREVIEWS,
-    on_step_inline: bool = False,
 ) -> Result:
     """Make the recipe's images.
 
@@ -75,10 +72,9 @@ def generate(
     2. Resolve what only this run knows: the scheduler, device, dtype, threads, versions.
     3. Draw the initial noise and run the stock pipeline; after each step the callback reports
        ``on_step(step, total, preview, elapsed)`` and checks ``should_cancel()``. The preview
-       is a StepPreview: its ``render()`` gives the picture's bytes. ``on_step`` runs on a
-       reporter thread beside the sampling loop, or, with ``on_step_inline``, on the sampling
-       thread between steps: for a callback that only hands the step on (a worker sends it
-       to another process), which then costs no thread wake-up per step.
+       is a StepPreview: its ``render()`` gives the picture's bytes. ``on_step`` runs on the
+       sampling thread, between steps: a caller with much to do per step hands it on (Studio's
+       worker sends it to another process, generation/sidecar.py).
     4. Unless canceled, decode the latents: one image and one recipe per batch index.
     """
     started = time.perf_counter()
@@ -90,13 +86,12 @@ def generate(
     recipe = _with_checked_hash(recipe)
     pipe = _run_pipeline(recipe, pipeline)
     recipe = _resolved(recipe, pipe)
-    stepper = _Stepper(recipe, on_step, should_cancel, preview, _latent_rgb(recipe, pipe, preview),
-                       on_step_inline)
+    stepper = _Stepper(recipe, on_step, should_cancel, preview, _latent_rgb(recipe, pipe, preview))
     if should_cancel is not None and should_cancel():
         return Result(
             images=[], recipes=[], timings=stepper.timings(loaded - started), canceled=True
         )
-    with pinned_threads(recipe.threads), stepper.reporting():
+    with pinned_threads(recipe.threads):
         latents = _denoise(pipe, recipe, stepper)
         if stepper.canceled:
             return Result(
@@ -231,16 +226,11 @@ class _Stepper:
     """The pipeline's ``callback_on_step_end``: step timings, previews and the cancel check.
 
     Second-order samplers call the model twice per step; a step counts when the pipeline's
-    own progress bar would advance, so ``on_step`` fires exactly ``steps`` times.
-
-    The sampling thread times the step and copies what its preview needs, then hands both
-    to a ``_Reporter`` thread that calls ``on_step``: what a caller does with a step (draw
-    the preview, publish it, record a heartbeat) overlaps the next step's model call instead
-    of adding to every step. A caller with much to do per step is better off doing it in
-    another process (Studio's worker does, generation/sidecar.py): a thread beside the loop
-    takes turns with it at the interpreter lock, which slowed a one-thread run by 12-14%
-    (docs/engine.md). Such a caller only hands each step on, and with ``inline`` does so on
-    the sampling thread: waking the reporter for every step cost more than the hand-over.
+    own progress bar would advance, so ``on_step`` fires exactly ``steps`` times, on the
+    sampling thread: a failure in it stops the run at that step and is raised from
+    ``generate``. Whatever ``on_step`` does adds to every step, so a caller with much to do
+    per step does it in another process (Studio's worker does, generation/sidecar.py): a
+    thread beside the loop would take turns with it at the interpreter lock.
     """
 
     def __init__(
@@ -250,15 +240,12 @@ class _Stepper:
         should_cancel: ShouldCancel | None,
         preview: Previews | None,
         latent_rgb: LatentRGB | None,
-        inline: bool = False,
     ):
         self.recipe = recipe
         self.on_step = on_step
-        self.inline = inline
         self.should_cancel = should_cancel
         self.preview = preview if on_step is not None else None
         self.latent_rgb = latent_rgb
-        self.reporter: _Reporter | _InlineReporter | None = None
         self.tensor_inputs = ["noise_pred", "latent_model_input"] if self.preview else []
         self.alphas_cumprod: list[float] | None = None
         self.step = 0
@@ -274,30 +261,13 @@ class _Stepper:
             now = time.perf_counter()
             self.step_seconds.append(now - self.last)
             self.last = now
-            if self.reporter is not None:
-                self.reporter.raise_failure()
+            if self.on_step is not None:
                 image = self._preview(pipe, t, tensors) if self.preview else None
-                self.reporter.put(self.step, self.recipe.steps, image, now - self.started)
+                self.on_step(self.step, self.recipe.steps, image, now - self.started)
         if self.should_cancel is not None and self.should_cancel():
-            # diffusers' documented way to stop: the loop skips its remaining iterations.
-            pipe._interrupt = True
+            interrupt(pipe)
             self.canceled = True
         return {}
-
-    @contextmanager
-    def reporting(self) -> Iterator[None]:
-        """The reporter thread's life: the block returns after the last ``on_step`` call,
-        and raises its failure unless the block is already raising one of its own."""
-        if self.on_step is None:
-            yield
-            return
-        self.reporter = (_InlineReporter if self.inline else _Reporter)(self.on_step)
-        try:
-            yield
-        except BaseException:
-            self.reporter.close(quietly=True)
-            raise
-        self.reporter.close()
 
     def _completes_step(self, pipe: StudioPipeline, i: int) -> bool:
         # The rule StableDiffusionPipeline's progress bar follows.
@@ -331,52 +301,8 @@ class _Stepper:
         return {"load": load_seconds, "steps": self.step_seconds}
 
 
-class _Reporter:
-    """One thread that calls ``on_step``, in step order, beside the sampling loop. A failure
-    in it stops the run at the next step and is raised there, or by ``close``."""
-
-    def __init__(self, on_step: OnStep):
-        self.on_step = on_step
-        self.failure: BaseException | None = None
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._run, name="engine-reporter", daemon=True)
-        self.thread.start()
-
-    def put(self, step: int, total: int, preview: StepPreview | None, elapsed: float) -> None:
-        self.queue.put((step, total, preview, elapsed))
-
-    def raise_failure(self) -> None:
-        if self.failure is not None:
-            raise self.failure
-
-    def close(self, quietly: bool = False) -> None:
-        self.queue.put(None)
-        self.thread.join()
-        if not quietly:
-            self.raise_failure()
-
-    def _run(self) -> None:
-        while (item := self.queue.get()) is not None:
-            if self.failure is not None:
-                continue  # drain: the run is stopping
-            try:
-                self.on_step(*item)
-            except BaseException as exc:  # handed to the sampling thread
-                self.failure = exc
-
-
-class _InlineReporter:
-    """``_Reporter``'s interface, calling ``on_step`` at once on the sampling thread: a
-    failure is raised from the step that made it."""
-
-    def __init__(self, on_step: OnStep):
-        self.on_step = on_step
-
-    def put(self, step: int, total: int, preview: StepPreview | None, elapsed: float) -> None:
-        self.on_step(step, total, preview, elapsed)
-
-    def raise_failure(self) -> None:
-        pass
-
-    def close(self, quietly: bool = False) -> None:
-        pass
+def interrupt(pipe: StudioPipeline) -> None:
+    """Stop the pipeline's denoising loop: it skips its remaining iterations. This is
+    diffusers' documented way from a step callback, though the attribute is underscored;
+    tests/generation/test_library_internals.py fails if an upgrade drops it."""
+    pipe._interrupt = True

@@ -14,7 +14,8 @@ from PIL import Image as PILImage
 
 from gallery.models import Image
 from generation import broadcast, engine
-from generation.compat_a1111 import A1111Error, Txt2ImgIn, job_params, model_name
+from generation.a1111_request import Txt2ImgIn, model_name, studio_request
+from generation.job_request import Refused
 from generation.models import Job
 
 TINY = {"sd_model_checkpoint": "tiny"}
@@ -95,17 +96,17 @@ def test_it_lists_samplers_models_and_options(studio_server, alice, token, tiny)
 # --- Without a live server ----------------------------------------------------------------
 
 
-def params(**fields) -> dict:
-    return job_params(Txt2ImgIn(prompt="red circle", **fields))
+def params(**fields):
+    return studio_request(Txt2ImgIn(prompt="red circle", **fields))
 
 
 def test_scheduler_maps_onto_studio_samplers():
-    assert params(sampler_name="DPM++ 2M", scheduler="Karras")["sampler"] == "DPM++ 2M Karras"
-    assert params(sampler_name="Euler a", scheduler="automatic")["sampler"] == "Euler a"
-    assert params(sampler_index="PLMS")["sampler"] == "PNDM"
-    assert params()["sampler"] is None
+    assert params(sampler_name="DPM++ 2M", scheduler="Karras").sampler == "DPM++ 2M Karras"
+    assert params(sampler_name="Euler a", scheduler="automatic").sampler == "Euler a"
+    assert params(sampler_index="PLMS").sampler == "PNDM"
+    assert params().sampler == engine.DEFAULT_SAMPLER
     for scheduler in ("Exponential", "karras"):
-        with pytest.raises(A1111Error) as refused:
+        with pytest.raises(Refused) as refused:
             params(sampler_name="Euler a", scheduler=scheduler)
         assert list(refused.value.errors) == ["scheduler"]
 
@@ -122,12 +123,12 @@ def test_fields_at_their_defaults_are_accepted():
         "n_iter": 2, "batch_size": 3,
     }
     translated = params(**defaults)
-    assert translated["seed"] is None and translated["subseed"] == 0
-    assert translated["batch_size"] == 6
+    assert translated.seed is None and translated.subseed == 0
+    assert translated.batch_size == 6
 
 
 def test_switched_on_scripts_and_settings_are_refused_by_name():
-    with pytest.raises(A1111Error) as refused:
+    with pytest.raises(Refused) as refused:
         params(alwayson_scripts={"ADetailer": {"args": [True, {}]}},
                override_settings={"CLIP_stop_at_last_layers": 2}, script_name="x/y/z plot")
     assert set(refused.value.errors) == {

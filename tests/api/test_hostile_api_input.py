@@ -15,7 +15,7 @@ from django.conf import settings
 from django.test import Client
 from django.urls import reverse
 
-from generation import compat_a1111, compat_openai
+from generation import a1111_request, compat_a1111, compat_openai
 from generation.models import BlockedPhrase, Job
 
 pytestmark = pytest.mark.django_db
@@ -282,9 +282,11 @@ def test_an_oversized_body_is_413_in_each_apis_shape(api, alice, tiny):
 # --- Off the event loop -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("module", "path"), [(compat_a1111, A1111), (compat_openai, OPENAI)])
+@pytest.mark.parametrize(("module", "translator", "path"), [
+    (compat_a1111, a1111_request, A1111), (compat_openai, compat_openai, OPENAI),
+])
 def test_the_async_endpoints_read_the_request_in_a_thread(
-    api, alice, tiny, monkeypatch, module, path
+    api, alice, tiny, monkeypatch, module, translator, path
 ):
     where = []
 
@@ -300,7 +302,7 @@ def test_the_async_endpoints_read_the_request_in_a_thread(
         return called
 
     monkeypatch.setattr(module, "read_body", spy(module.read_body))
-    monkeypatch.setattr(module, "job_params", spy(module.job_params))
+    monkeypatch.setattr(translator, "studio_request", spy(translator.studio_request))
     response = send(api(alice), path, body(width=33, size="33x32"))
     assert response.status_code in (400, 422)
     assert where == ["thread", "thread"]

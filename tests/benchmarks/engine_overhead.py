@@ -7,7 +7,7 @@ rotating order: a stock StableDiffusionPipeline given the recipe's scheduler con
 generator list; the engine without previews; the engine handing every step's preview to an
 `on_step` that does not draw it (what a caller drawing elsewhere, like Studio's worker, costs
 the loop); and the engine with every preview drawn by `on_step`, in this process, on the
-engine's reporter thread. Each round gives three ratios (engine / bare); the figures are their
+sampling thread. Each round gives three ratios (engine / bare); the figures are their
 medians over the rounds, after one warm-up round. The last line printed is the JSON object
 {"ratio_no_previews": …, "ratio_previews_undrawn": …, "ratio_previews": …}.
 """
@@ -45,7 +45,7 @@ def bare_call(recipe: engine.Recipe, pipe: StableDiffusionPipeline) -> None:
 
 
 def draw(step: int, total: int, preview: engine.StepPreview, elapsed: float) -> None:
-    preview.render()  # what a caller showing every preview does, on the engine's reporter
+    preview.render()  # what a caller showing every preview does, between the steps
 
 
 def engine_call(recipe: engine.Recipe, pipe: engine.StudioPipeline, on_step=None) -> None:

@@ -43,7 +43,7 @@ def main() -> None:
     from django.db import connection, transaction
     from django.utils import timezone
 
-    from generation import services
+    from generation import selectors, services
     from generation.models import Job
 
     users = [get_user_model().objects.create_user(f"queue-{i}") for i in range(20)]
@@ -73,7 +73,7 @@ def main() -> None:
             cursor.execute("VACUUM ANALYZE generation_job")  # as autovacuum would have
         case = f"{queued} queued, {finished} finished"
         results[case] = {"claim": median_ms(claim, args.runs),
-                         "start_order": median_ms(services.start_order, args.runs)}
+                         "start_order": median_ms(selectors.start_order, args.runs)}
         print(f"{case:32s} claim {results[case]['claim']:8.2f} ms   "
               f"start_order {results[case]['start_order']:8.2f} ms")
     print(json.dumps(results))

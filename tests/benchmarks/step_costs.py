@@ -9,12 +9,10 @@ runs the serving recipe (the default model, 64x64, 20 steps, batch 1) for one ru
 alternating:
   - bare: the engine call with no callback (what serving_overhead.py compares against);
   - copies: each step's preview arrays copied and handed to a no-op callback;
-  - in_process: each step drawn, published and its heartbeat written on a thread beside the
-    loop, in this process (how workers did it before the sidecar);
+  - in_process: each step drawn, published and its heartbeat written between the steps, in
+    this process (what the sidecar spares a worker);
   - worker: each step sent to the sidecar process from the sampling thread, as a worker's
-    runner does it (`on_step_inline`); the sidecar draws, publishes and writes the heartbeat;
-  - worker_reporter: the same, sent from the engine's reporter thread (how workers did it
-    before).
+    runner does it; the sidecar draws, publishes and writes the heartbeat.
 No web server or client runs meanwhile, so what differs is the callback's own work and the
 threads and processes it wakes. The last line is the JSON object of each variant's median
 time / bare.
@@ -58,9 +56,9 @@ def main() -> None:
                              status=Job.Status.RUNNING, started_at=timezone.now(),
                              heartbeat=timezone.now())
 
-    def run(on_step=None, should_cancel=None, inline=False):
+    def run(on_step=None, should_cancel=None):
         return engine.generate(recipe, pipeline=pipeline, on_step=on_step,
-                               should_cancel=should_cancel, on_step_inline=inline)
+                               should_cancel=should_cancel)
 
     def in_process(step, total, preview, elapsed):
         broadcast.send(job.group_name, {
@@ -69,10 +67,10 @@ def main() -> None:
         }, keep=True)
         services.job_progress(job=job, step=step)
 
-    def worker(inline=True):
+    def worker():
         steps = sidecar.get().begin(job)
         try:
-            return run(steps.step, steps.should_stop, inline)
+            return run(steps.step, steps.should_stop)
         finally:
             steps.end()
 
@@ -81,7 +79,6 @@ def main() -> None:
         "copies": lambda: run(lambda *step: None),
         "in_process": lambda: run(in_process),
         "worker": worker,
-        "worker_reporter": lambda: worker(inline=False),
     }
     for variant in variants.values():  # warm-up
         variant()

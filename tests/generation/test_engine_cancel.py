@@ -21,7 +21,6 @@ def test_it_stops_within_one_step_and_reports_canceled(make_recipe, tiny_pipelin
             make_recipe(steps=8),
             pipeline=tiny_pipeline,
             on_step=lambda step, *_: steps.append(step),
-            # on_step runs on the reporter thread, maybe a step behind: ask the model calls.
             should_cancel=lambda: len(calls) >= 3,
         )
     finally:
@@ -58,23 +57,6 @@ def test_a_run_not_canceled_finishes(make_recipe, tiny_pipeline):
     assert not result.canceled and len(result.images) == 1
 
 
-def test_a_failing_on_step_stops_the_run_and_is_raised(make_recipe, tiny_pipeline):
-    # on_step runs on the reporter thread; its failure must not be lost or run on.
-    class Broken(Exception):
-        pass
-
-    seen = []
-
-    def on_step(step, *_):
-        seen.append(step)
-        if step == 2:
-            raise Broken("the caller broke")
-
-    with pytest.raises(Broken, match="the caller broke"):
-        engine.generate(make_recipe(steps=12), pipeline=tiny_pipeline, on_step=on_step)
-    assert seen == [1, 2]  # nothing after the failure
-
-
 def test_every_step_reaches_on_step_in_order_before_generate_returns(make_recipe, tiny_pipeline):
     seen = []
     result = engine.generate(
@@ -83,19 +65,17 @@ def test_every_step_reaches_on_step_in_order_before_generate_returns(make_recipe
     assert seen == list(range(1, 10)) and len(result.images) == 1
 
 
-@pytest.mark.parametrize("inline", [False, True])
-def test_on_step_runs_beside_the_loop_or_inline_on_it(make_recipe, tiny_pipeline, inline):
+def test_on_step_runs_on_the_sampling_thread(make_recipe, tiny_pipeline):
     threads = []
     engine.generate(
-        make_recipe(steps=4), pipeline=tiny_pipeline, on_step_inline=inline,
+        make_recipe(steps=4), pipeline=tiny_pipeline,
         on_step=lambda *_: threads.append(threading.current_thread()),
     )
-    assert len(threads) == 4
     # generate runs the loop on its caller's thread
-    assert all((thread is threading.current_thread()) == inline for thread in threads)
+    assert threads == [threading.current_thread()] * 4
 
 
-def test_a_failing_inline_on_step_stops_the_run_at_that_step(make_recipe, tiny_pipeline):
+def test_a_failing_on_step_stops_the_run_at_that_step(make_recipe, tiny_pipeline):
     calls, handle = count_unet_calls(tiny_pipeline)
     seen = []
 
@@ -106,8 +86,7 @@ def test_a_failing_inline_on_step_stops_the_run_at_that_step(make_recipe, tiny_p
 
     try:
         with pytest.raises(RuntimeError, match="the hand-over broke"):
-            engine.generate(make_recipe(steps=12), pipeline=tiny_pipeline, on_step=on_step,
-                            on_step_inline=True)
+            engine.generate(make_recipe(steps=12), pipeline=tiny_pipeline, on_step=on_step)
     finally:
         handle.remove()
     assert seen == [1, 2] and len(calls) == 2  # no model call after the failing step

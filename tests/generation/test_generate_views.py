@@ -1,14 +1,17 @@
 """The generate page's HTTP side: validation by field, limits, the blocklist, staff queue."""
 
+import json
 import re
+import shutil
 from datetime import timedelta
 
 import pytest
 from django.conf import settings
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import escape
 
-from generation import services
+from generation import engine, job_request, services
 from generation.models import BlockedPhrase, Job
 
 pytestmark = pytest.mark.django_db
@@ -157,3 +160,60 @@ def test_a_nul_character_in_the_prompt_is_a_field_error(client, alice, tiny):
     client.force_login(alice)
     response = post(client, prompt="red\x00circle")
     assert response.status_code == 400 and "NUL" in response.json()["errors"]["prompt"]
+
+
+# --- The form, drawn from the request's declaration ---------------------------------------
+
+
+def field_tag(page: str, name: str) -> str:
+    """The <input>, <select> or <textarea> tag of a form field."""
+    return re.search(rf'<(?:input|select|textarea)[^>]*name="{name}"[^>]*>', page).group(0)
+
+
+def test_the_form_has_every_request_field_with_its_label_help_and_limits(client, alice, tiny):
+    client.force_login(alice)
+    page = client.get(reverse("generate")).content.decode()
+    for field in job_request.FIELDS:
+        assert f'data-field="{field.name}"' in page and f'data-error-for="{field.name}"' in page
+        assert f'<label for="id_{field.name}">{field.label}</label>' in page
+        assert escape(field.help) in page
+    assert 'max="1000"' in field_tag(page, "steps") and 'min="1"' in field_tag(page, "steps")
+    assert 'max="30.0"' in field_tag(page, "guidance_scale")
+    assert 'step="0.5"' in field_tag(page, "guidance_scale")
+    assert f'max="{engine.MAX_BATCH}"' in field_tag(page, "batch_size")
+    assert f'max="{engine.SEED_MAX}"' in field_tag(page, "seed")
+    assert 'placeholder="random"' in field_tag(page, "seed")
+    assert 'step="8"' in field_tag(page, "width")
+
+
+@pytest.fixture
+def big(settings, tiny_model, tmp_path) -> str:
+    """A model whose native size is 512: the tiny model with a bigger UNet sample size in its
+    config (the page reads configs, never weights), registered as "big"."""
+    path = tmp_path / "big"
+    shutil.copytree(tiny_model, path)
+    config = path / "unet" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "sample_size": 128}))
+    settings.STUDIO_MODELS = {**settings.STUDIO_MODELS, "big": str(path)}
+    return "big"
+
+
+def test_the_page_opens_at_the_default_models_native_size_and_limits(
+    client, alice, big, settings
+):
+    settings.STUDIO_DEFAULT_MODEL = big
+    client.force_login(alice)
+    page = client.get(reverse("generate")).content.decode()
+    for name in ("width", "height"):
+        tag = field_tag(page, name)
+        assert 'value="512"' in tag and 'min="32"' in tag and 'max="2048"' in tag
+    assert '<option value="big" selected>' in page
+
+
+def test_the_page_opens_at_the_chosen_models_native_size(client, alice, big, tiny):
+    client.force_login(alice)
+    page = client.get(reverse("generate"), {"model": tiny}).content.decode()
+    assert 'value="32"' in field_tag(page, "width")
+    page = client.get(reverse("generate"), {"model": big, "width": "256"}).content.decode()
+    assert 'value="256"' in field_tag(page, "width")
+    assert 'value="512"' in field_tag(page, "height")

@@ -1,6 +1,8 @@
 """Job rules (docs/architecture.md §3) on the real Postgres: limits, fair claiming, cancel, the
-reaper."""
+reaper; and the reads beside them (selectors) and the job's state they feed."""
 
+import base64
+import json
 from datetime import timedelta
 
 import psycopg
@@ -8,8 +10,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from generation import services
-from generation.models import Job
+from generation import presenters, selectors, services
+from generation.models import Job, Output
 
 pytestmark = pytest.mark.django_db
 
@@ -51,7 +53,7 @@ def test_queue_positions_count_the_jobs_that_will_start_first(alice, bob, carol)
     Job.objects.filter(pk=served[0].pk).update(
         status=Job.Status.SUCCEEDED, started_at=timezone.now())
     jobs = queue(alice, 3) + queue(bob, 2) + queue(carol, 1)
-    positions = [services.queue_position(job) for job in jobs]
+    positions = [selectors.queue_position(job) for job in jobs]
     assert positions == [2, 4, 5, 1, 3, 0]
     claimed = []
     while (job := services.job_claim_next(worker="w")) is not None:
@@ -283,3 +285,62 @@ def test_only_the_owner_cancels_not_even_staff(alice, admin):
         services.job_cancel(job=job, actor=admin)
     job.refresh_from_db()
     assert job.status == "queued"
+
+
+def test_a_submit_sends_the_run_task_by_name_on_this_runs_queue(
+    alice, celery_queue, django_capture_on_commit_callbacks
+):
+    """Sent by name (the task's module imports the services), to the queue this run's worker
+    reads, and with no result to wait for, as the task itself declares."""
+    with django_capture_on_commit_callbacks(execute=True):
+        job = services.job_submit(user=alice, recipe={"prompt": "a red circle", "steps": 4})
+    (raw,) = celery_queue.redis.lrange(celery_queue.name, 0, -1)
+    message = json.loads(raw)
+    args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+    assert message["headers"]["task"] == "generation.run_job"
+    assert message["headers"]["ignore_result"] is True
+    assert (args, kwargs) == ([str(job.pk)], {})
+
+
+def test_a_jobs_state_is_presented_from_its_view_without_a_query(
+    alice, django_assert_num_queries
+):
+    (job,) = queue(alice)
+    finish(job)
+    job.refresh_from_db()
+    recipe = {**job.recipe, "batch_index": 1}
+    Output.objects.create(job=job, index=1, image="outputs/x/1.png", recipe=recipe,
+                          width=8, height=8)
+    view = selectors.job_view(job)
+    with django_assert_num_queries(0):
+        state = presenters.job_state(view)
+    assert (state["status"], state["queue_position"]) == ("succeeded", None)
+    assert [(image["index"], image["seed"]) for image in state["images"]] == [(1, 2)]
+
+
+@pytest.mark.parametrize("status, queries", [
+    ("queued", 1),  # its place: the queue's order
+    ("running", 0),
+    ("canceled", 0),
+    ("succeeded", 1),  # its outputs
+])
+def test_a_jobs_view_reads_only_what_its_status_shows(
+    alice, django_assert_num_queries, status, queries
+):
+    (job,) = queue(alice)
+    Job.objects.filter(pk=job.pk).update(status=status)
+    job.refresh_from_db()
+    with django_assert_num_queries(queries):
+        view = selectors.job_view(job)
+    assert view.queue_position == (0 if status == "queued" else None)
+    assert view.outputs == []
+
+
+def test_a_jobs_view_takes_the_outputs_its_caller_has(alice, django_assert_num_queries):
+    """The worker that just stored them announces the job without reading them back."""
+    (job,) = queue(alice)
+    finish(job)
+    job.refresh_from_db()
+    stored = [Output(job=job, index=0, recipe=job.recipe, width=8, height=8)]
+    with django_assert_num_queries(0):
+        assert selectors.job_view(job, outputs=stored).outputs == stored

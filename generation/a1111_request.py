@@ -1,0 +1,188 @@
+"""An AUTOMATIC1111 txt2img request (generation/compat_a1111.py) in Studio's terms: its schema,
+the fields of features Studio lacks, and the translation to the one request
+(generation/job_request.py) and back for refusals.
+
+A1111 names some of Studio's fields otherwise (FIELDS) and means others otherwise: seeds of -1
+are random, `sampler_name` and `scheduler` together name one Studio sampler, and `batch_size ×
+n_iter` images are one batch. Every other field of the request A1111 shares by name, and
+passes through: a field added to the request is read here too.
+"""
+
+import json
+from string import hexdigits
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, create_model
+
+from studio.api import Text, clip
+
+from . import engine, job_request
+from .job_request import JobRequest, Refused
+
+# Features Studio does not have: what A1111 calls them, and the values that leave them off.
+OFF: dict[str, tuple[str, tuple]] = {
+    "enable_hr": ("Hires fix", (False, None)),
+    "restore_faces": ("Face restoration", (False, None)),
+    "tiling": ("Tiling", (False, None)),
+    "styles": ("Styles", ([], None)),
+    "script_name": ("Scripts", (None, "")),
+    "seed_resize_from_w": ("Resize seed from width", (0, -1, None)),
+    "seed_resize_from_h": ("Resize seed from height", (0, -1, None)),
+    "s_churn": ("Sigma churn", (0, None)),
+    "s_tmin": ("Sigma tmin", (0, None)),
+    "s_tmax": ("Sigma tmax", (0, None)),
+    "s_noise": ("Sigma noise", (1, None)),
+    "s_min_uncond": ("Negative guidance minimum sigma", (0, None)),
+    # Each sampler uses its standard eta: 0 for DDIM, 1 for the ancestral ones; webuiapi
+    # sends 1 on every call.
+    "eta": ("Eta", (0, 1, None)),
+    "refiner_checkpoint": ("Refiner", (None, "", "None")),
+}
+# Settings a request may override: the model (A1111's way to pick one per call) and settings
+# at the value Studio always has.
+OPTIONS_OFF: dict[str, tuple] = {
+    "CLIP_stop_at_last_layers": (1, None),
+    "sd_vae": ("Automatic", "None", None),
+    "eta_noise_seed_delta": (0, None),
+}
+ALIASES = {"PLMS": "PNDM", "k_euler_a": "Euler a", "k_euler": "Euler", "k_lms": "LMS",
+           "k_heun": "Heun", "k_dpm_2": "DPM2", "k_dpm_2_a": "DPM2 a", "ddim": "DDIM"}
+# A1111 1.9 split "DPM++ 2M Karras" into sampler "DPM++ 2M" and scheduler "Karras".
+SCHEDULERS = {"automatic": "Automatic", "uniform": "Uniform", "karras": "Karras"}
+# Studio's recipe fields as A1111's requests name them.
+FIELDS = {"guidance_scale": "cfg_scale", "sampler": "sampler_name",
+          "model": "override_settings.sd_model_checkpoint"}
+HEX_DIGITS = frozenset(hexdigits)
+
+
+def model_name(title: str) -> str:
+    """A model's name from its A1111 title, "name [hash]" (the hash in hex) or just "name".
+    By splitting: a regex for the trailing hash backtracks quadratically over whitespace."""
+    head, bracket, digest = title.removesuffix("]").rpartition("[")
+    if title.endswith("]") and bracket and digest and set(digest) <= HEX_DIGITS:
+        return head.rstrip()
+    return title
+
+
+# Scripts or settings one request may name; real clients send a handful.
+MAX_NAMED = 32
+
+
+class OverrideSettings(BaseModel):
+    """The model by its title (null is refused by name); other keys must match OPTIONS_OFF."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sd_model_checkpoint: Text = ""
+
+
+class A1111Fields(BaseModel):
+    """The fields A1111 names or means otherwise than Studio, and its own switches."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: Text = ""
+    seed: int | None = -1
+    subseed: int | None = -1
+    sampler_name: Text | None = None
+    sampler_index: Text | None = None
+    scheduler: Text | None = None
+    cfg_scale: float | None = None
+    batch_size: int = 1
+    n_iter: int = 1
+    send_images: bool = True
+    override_settings: OverrideSettings | None = None
+    alwayson_scripts: dict[str, Any] | None = None
+
+
+# Studio's fields that A1111 names as Studio does but means otherwise.
+OWN = ("prompt", "seed", "subseed", "batch_size")
+# The fields Studio reads, the request's shared ones among them; every other field is checked
+# against OFF or ignored. A plain pydantic model: Ninja's Schema drops extra fields before
+# they can be checked.
+Txt2ImgIn = create_model(
+    "Txt2ImgIn", __base__=A1111Fields, **job_request.schema_fields(leave_out={*FIELDS, *OWN})
+)
+
+
+def script_error(script: Any) -> str | None:
+    """What is wrong with an `alwayson_scripts` entry, `{"args": [...]}` or the bare list; None
+    when its args are empty or start with false (A1111's "enabled")."""
+    args = script.get("args") if isinstance(script, dict) else script
+    if args is None:
+        return None
+    if not isinstance(args, list):
+        return 'Send an object with an "args" list.'
+    if args and args[0] is not False:
+        return "Extension scripts are not supported."
+    return None
+
+
+def unsupported(body: A1111Fields) -> dict[str, str]:
+    """An error for each feature switched on that Studio lacks, and each malformed script."""
+    errors = {}
+    extra = body.model_extra or {}
+    for field, (feature, off) in OFF.items():
+        if field in extra and extra[field] not in off:
+            hint = f"send {json.dumps(off[0])} or leave it out"
+            errors[field] = f"{feature} is not supported; {hint}."
+    scripts = body.alwayson_scripts or {}
+    overrides = (body.override_settings.model_extra if body.override_settings else None) or {}
+    # One error a key would make a refusal as large as the request, rendered on the loop.
+    for field, named in (("alwayson_scripts", scripts), ("override_settings", overrides)):
+        if len(named) > MAX_NAMED:
+            errors[field] = f"At most {MAX_NAMED} entries."
+    for name, script in scripts.items() if len(scripts) <= MAX_NAMED else ():
+        if (error := script_error(script)) is not None:
+            errors[f"alwayson_scripts.{clip(name)}"] = error
+    for key, value in overrides.items() if len(overrides) <= MAX_NAMED else ():
+        if value not in OPTIONS_OFF.get(key, ()):
+            errors[f"override_settings.{clip(key)}"] = "This setting cannot be changed here."
+    if body.n_iter < 1:
+        errors["n_iter"] = "Must be 1 or more."
+    return errors
+
+
+def studio_sampler(body: A1111Fields) -> str | None:
+    """Studio's sampler for A1111's sampler and scheduler; None for Studio's default."""
+    name = body.sampler_name or body.sampler_index
+    scheduler = (body.scheduler or "automatic").lower()
+    if scheduler not in SCHEDULERS:
+        known = ", ".join(SCHEDULERS.values())
+        raise Refused({"scheduler": f"{body.scheduler!r} is not supported; use {known}."})
+    if not name:
+        return None
+    name = ALIASES.get(name, name)
+    if scheduler == "karras" and not name.endswith(" Karras"):
+        if f"{name} Karras" not in engine.SAMPLERS:
+            with_karras = [s.removesuffix(" Karras") for s in engine.SAMPLERS if "Karras" in s]
+            raise Refused({"scheduler": f"Karras is not available with {name}; it is with "
+                                    f"{', '.join(with_karras)}."})
+        name = f"{name} Karras"
+    return name
+
+
+def studio_request(body: A1111Fields) -> JobRequest:
+    """The request as Studio's; Refused names A1111's fields at fault."""
+    errors = unsupported(body)
+    if errors:
+        raise Refused(errors)
+    shared = body.model_dump(include=set(job_request.NAMES) - {*FIELDS, *OWN})
+    subseed = body.subseed
+    if subseed is None or subseed < 0:
+        subseed = engine.random_seed() if shared.get("subseed_strength") else 0
+    title = body.override_settings.sd_model_checkpoint if body.override_settings else ""
+    return job_request.parse({
+        **shared, "prompt": body.prompt, "model": model_name(title) or None,
+        "seed": None if body.seed is None or body.seed < 0 else body.seed,
+        "subseed": subseed, "sampler": studio_sampler(body), "guidance_scale": body.cfg_scale,
+        "batch_size": body.batch_size * body.n_iter,
+    })
+
+
+def a1111_errors(refused: Refused, body: A1111Fields) -> dict[str, str]:
+    """A refusal's messages under A1111's names for the fields."""
+    errors = {FIELDS.get(key, key): message for key, message in refused.errors.items()}
+    if "batch_size" in errors and body.n_iter > 1:
+        errors["batch_size"] += f" (batch_size × n_iter is {body.batch_size * body.n_iter})"
+    return errors
