@@ -3,11 +3,12 @@
 A collection never widens who sees an image: its page shows only the images the viewer may
 see anyway, so a public collection of private or hidden images shows none of them."""
 
-import uuid
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
+
+from studio.services import as_uuid
 
 from .limits import check_cap, clean_text
 from .models import Collection, Image, Visibility
@@ -25,9 +26,8 @@ def visible_collections(user) -> QuerySet[Collection]:
 def get_collection_for_user(*, user, collection_id) -> Collection | None:
     """The one door to a collection: None (a 404) for what the user may not see, and for an
     id that is not a UUID (ids also arrive in form fields)."""
-    try:
-        collection_id = uuid.UUID(str(collection_id))
-    except ValueError:
+    collection_id = as_uuid(collection_id)
+    if collection_id is None:
         return None
     return visible_collections(user).filter(pk=collection_id).first()
 
@@ -80,10 +80,9 @@ def collection_add_image(*, collection: Collection, actor, image: Image) -> None
 
 def collection_remove_image(*, collection: Collection, actor, image_id) -> None:
     _require_owner(collection, actor)
-    try:
-        image_id = uuid.UUID(str(image_id))
-    except ValueError as exc:  # a tampered form field
-        raise GalleryError("Choose an image of the collection to remove.") from exc
+    image_id = as_uuid(image_id)
+    if image_id is None:  # a tampered form field
+        raise GalleryError("Choose an image of the collection to remove.")
     collection.images.remove(*collection.images.filter(pk=image_id))
 
 

@@ -1,7 +1,6 @@
 """Gallery rules. Who sees what is the models' rule (gallery.models.SharedQuerySet); every
 image is reached through `get_image_for_user`."""
 
-import uuid
 from urllib.parse import urlencode
 
 from django.contrib.postgres.search import SearchVector
@@ -9,7 +8,7 @@ from django.db import transaction
 from django.db.models import QuerySet, Value
 
 from generation.models import Job, Output, StoredRecipe
-from studio.services import get_team_for_user
+from studio.services import as_uuid, get_team_for_user
 
 from .models import Image, Like, Visibility
 
@@ -24,9 +23,8 @@ def visible_images(user) -> QuerySet[Image]:
 def get_image_for_user(*, user, image_id) -> Image | None:
     """The one door to an image and its file: None (a 404) for what the user may not see,
     and for an id that is not a UUID at all (ids also arrive in form fields)."""
-    try:
-        image_id = uuid.UUID(str(image_id))
-    except ValueError:
+    image_id = as_uuid(image_id)
+    if image_id is None:
         return None
     return visible_images(user).filter(pk=image_id).first()
 

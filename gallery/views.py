@@ -12,7 +12,7 @@ from generation.services import LimitExceeded
 from studio.services import get_team_for_user, teams_for_user
 
 from . import collections, moderation, selectors, services
-from .models import Like, Visibility
+from .models import Image, Like, Visibility
 from .reproduce import (
     ReproduceRefused,
     get_reproduction_for_user,
@@ -151,18 +151,15 @@ def reproduction_state(request, reproduction_id):
 
 def _listing(request, *, scope: str, title: str, team=None):
     params = request.GET
-    images = selectors.gallery_search(
-        user=request.user, scope=scope, team=team, query=params.get("q", ""),
-        model=params.get("model", ""), sampler=params.get("sampler", ""),
-        seed=params.get("seed", ""), sort=params.get("sort", "new"),
+    search = {"query": params.get("q", ""), "model": params.get("model", ""),
+              "sampler": params.get("sampler", ""), "seed": params.get("seed", "")}
+    errors = selectors.search_errors(**search)
+    images = Image.objects.none() if errors else selectors.gallery_search(
+        user=request.user, scope=scope, team=team, sort=params.get("sort", "new"), **search
     )
     page = Paginator(images, PAGE_SIZE).get_page(params.get("page"))
     query = params.copy()
     query.pop("page", None)
-    errors = selectors.search_errors(
-        query=params.get("q", ""), model=params.get("model", ""),
-        sampler=params.get("sampler", ""), seed=params.get("seed", ""),
-    )
     context = {"page": page, "title": title, "scope": scope, "team": team,
                "search_errors": errors,
                "teams": teams_for_user(request.user) if request.user.is_authenticated else [],

@@ -161,10 +161,6 @@ class Output(models.Model):
         """The seed this image was made from (a worker's recipe always records one)."""
         return StoredRecipe(self.recipe).image_seed
 
-    @property
-    def image_subseed(self) -> int:
-        return StoredRecipe(self.recipe).image_subseed
-
 
 class BlockedPhrase(models.Model):
     """A word or phrase that submit refuses in prompts (the optional prompt blocklist)."""

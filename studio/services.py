@@ -33,12 +33,20 @@ def teams_for_user(user) -> "list[Team]":
     return list(Team.objects.filter(memberships__user=user).order_by("name"))
 
 
+def as_uuid(value) -> uuid.UUID | None:
+    """An object id as a UUID, or None for anything else: ids also arrive in form fields,
+    where a doctored one must be a 404 or a field error, not a database error."""
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
 def get_team_for_user(*, user, team_id) -> Team | None:
     """The one door to a team: None (a 404 for views) unless the user is a member, and for an
-    id that is not a UUID at all (ids also arrive in form fields)."""
-    try:
-        team_id = uuid.UUID(str(team_id))
-    except ValueError:
+    id that is not a UUID at all."""
+    team_id = as_uuid(team_id)
+    if team_id is None:
         return None
     return Team.objects.filter(pk=team_id, memberships__user=user).first()
 
