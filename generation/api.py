@@ -138,6 +138,6 @@ def model_list(request: HttpRequest):
 @router.get("/samplers", response={200: list[SamplerOut], **COMMON_ERRORS}, tags=["models"])
 def sampler_list(request: HttpRequest):
     return [
-        {"name": name, "scheduler": scheduler.__name__}
+        {"name": name, "scheduler": scheduler}
         for name, (scheduler, _options) in engine.SAMPLERS.items()
     ]

@@ -13,19 +13,19 @@ Recipes (``recipe.py``, ``validation.py``)
                                                against the model's own (check_scheduler)
     RecipeError, DEFAULT_SAMPLER, DEFAULT_GUIDANCE, DEFAULT_STEPS, SEED_MAX, MAX_BATCH
 
-Models (``models.py``)
+Models (``specs.py``, ``models.py``)
+    weights_hash(source)                       sha256 of the weight files, cached by mtime
+    load_spec(source) -> ModelSpec             limits and tokenizer, without the weights
     resolve_device(setting) -> (device, dtype) cuda: bf16/fp16 + SDPA; cpu: fp32
     load_pipeline(source, *, device, dtype)    cached per (source, device, dtype); safetensors
     pipeline_loaded(source, *, device, dtype)  whether load_pipeline has it cached already
-    weights_hash(source)                       sha256 of the weight files, cached by mtime
-    load_spec(source) -> ModelSpec             limits and tokenizer, without the weights
     ModelLoadError, StudioPipeline
 
-Samplers (``samplers.py``)
-    SAMPLERS                                   A1111 name -> (scheduler class, overrides)
+Samplers (``sampler_names.py``, ``schedules.py``, ``samplers.py``)
+    SAMPLERS                                   A1111 name -> (scheduler class name, overrides)
     make_scheduler(name, base_config, seed, batch_size=1)
 
-Generation (``generate.py``, ``previews.py``)
+Generation (``sampling.py``, ``previews.py``)
     generate(recipe, *, pipeline=None, on_step=None, should_cancel=None, preview=Previews())
         -> Result(images, recipes, timings, canceled)
         on_step(step, total, preview | None, elapsed_seconds) after each of ``steps``
@@ -36,26 +36,23 @@ Generation (``generate.py``, ``previews.py``)
     Previews(vae_every=0, max_size=256, format="WEBP"), fit_latent_rgb(pipeline)
     WeightsMismatchError, GenerationError
 
-PNG metadata and reproduction (``pngmeta.py``, ``reproduce.py``)
+PNG metadata and reproduction (``pngmeta.py``, ``comparison.py``, ``sampling.py``)
     png_with_recipe(image, recipe) -> bytes    tEXt ``parameters`` (A1111) + iTXt ``studio_recipe``
     read_png(bytes) -> (Recipe | None, parameters | None); parse_parameters(text) -> dict
         (ParametersTooLong over MAX_PARAMETERS_CHARS; a recipe chunk over MAX_RECIPE_CHARS
         or malformed is a RecipeError: both are read from files users upload)
     compare_images(a, b) -> Comparison(verdict, max_diff, psnr)
     reproduce(recipe, original, *, pipeline) -> (image, Comparison)
+
+Light and heavy names
+    Recipes, specs, sampler names, validation, PNG metadata and comparison import neither torch
+    nor diffusers (``specs.py``, ``schedules.py``, ``comparison.py``); the web tier uses only
+    those. Loading, sampling, previews and schedulers import on first use.
 """
 
-from .generate import GenerationError, Result, WeightsMismatchError, generate
-from .models import (
-    ModelLoadError,
-    ModelSpec,
-    StudioPipeline,
-    load_pipeline,
-    load_spec,
-    pipeline_loaded,
-    resolve_device,
-    weights_hash,
-)
+import importlib
+
+from .comparison import DIFFERS, IDENTICAL, WITHIN_ONE_LEVEL, Comparison, compare_images
 from .pngmeta import (
     MAX_PARAMETERS_CHARS,
     MAX_RECIPE_CHARS,
@@ -64,14 +61,6 @@ from .pngmeta import (
     parse_parameters,
     png_with_recipe,
     read_png,
-)
-from .previews import (
-    DecodedPreview,
-    LatentPreview,
-    LatentRGB,
-    Previews,
-    StepPreview,
-    fit_latent_rgb,
 )
 from .recipe import (
     DEFAULT_GUIDANCE,
@@ -84,11 +73,34 @@ from .recipe import (
     RecipeError,
     SchedulerRef,
     Versions,
+    random_seed,
 )
-from .reproduce import DIFFERS, IDENTICAL, WITHIN_ONE_LEVEL, Comparison, compare_images, reproduce
-from .samplers import SAMPLERS, make_scheduler
-from .seeds import random_seed
+from .sampler_names import SAMPLERS
+from .specs import ModelLoadError, ModelSpec, load_spec, weights_hash
 from .validation import build_recipe, validate_recipe
+
+# The names that need torch and diffusers, imported on first use: a web process validates and
+# records recipes with the names above and never loads them (docs/architecture.md §1). No
+# module is named like one of these names: importing it would bind the module to the name.
+_HEAVY = {
+    "sampling": ("GenerationError", "Result", "WeightsMismatchError", "generate", "reproduce"),
+    "models": ("StudioPipeline", "load_pipeline", "pipeline_loaded", "resolve_device"),
+    "previews": (
+        "DecodedPreview", "LatentPreview", "LatentRGB", "Previews", "StepPreview",
+        "fit_latent_rgb",
+    ),
+    "samplers": ("make_scheduler",),
+}
+_HEAVY_MODULE = {name: module for module, names in _HEAVY.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name not in _HEAVY_MODULE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HEAVY_MODULE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_GUIDANCE",

@@ -8,13 +8,11 @@ worker knows (device, dtype, threads). Its JSON form is a contract users' script
 import math
 import os
 import reprlib
+import secrets
 from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import metadata
 from typing import Any
-
-import diffusers
-import torch
 
 SEED_MAX = 2**32 - 1
 MAX_STEPS = 1000
@@ -36,6 +34,11 @@ DEFAULT_SAMPLER = "DDIM"
 # highest at guidance 1-3 and falls from 5 on.
 DEFAULT_GUIDANCE = 3.0
 DEFAULT_STEPS = 20
+
+
+def random_seed() -> int:
+    """A seed for a recipe that asked for "random"; the recipe stores it."""
+    return secrets.randbelow(SEED_MAX + 1)
 
 
 class RecipeError(ValueError):
@@ -72,7 +75,10 @@ class Versions:
             studio = metadata.version("studio")
         except metadata.PackageNotFoundError:
             studio = "unknown"
-        return cls(studio=studio, torch=torch.__version__, diffusers=diffusers.__version__)
+        # Read from the installed packages' metadata, not their modules: the web tier builds
+        # recipes without importing torch or diffusers (docs/architecture.md §1).
+        return cls(studio=studio, torch=metadata.version("torch"),
+                   diffusers=metadata.version("diffusers"))
 
 
 @dataclass(frozen=True)

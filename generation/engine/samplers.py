@@ -1,64 +1,28 @@
-"""AUTOMATIC1111-style sampler names, each a diffusers scheduler class and config overrides.
+"""The diffusers schedulers behind AUTOMATIC1111-style sampler names (``sampler_names.py``).
 
 A scheduler is built with ``from_config`` on the model's own scheduler config, so the model's
 training schedule (betas, prediction type, timestep spacing) carries over; the sampler's name
 decides only how it steps. The config it resolves to is recorded in the recipe in full, so a
 stock scheduler class given that config steps exactly the same. A recorded config read back
-from elsewhere is built only once ``check_scheduler`` has matched it to that resolution.
+from elsewhere is built only once ``schedules.check_scheduler`` has matched it to that
+resolution. This half imports torch and diffusers; the web tier never loads it.
 """
 
 import functools
 import inspect
 import json
 import math
+import sys
 from typing import Any
 
 import diffusers
 import numpy as np
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DEISMultistepScheduler,
-    DPMSolverMultistepScheduler,
-    DPMSolverSDEScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    HeunDiscreteScheduler,
-    KDPM2AncestralDiscreteScheduler,
-    KDPM2DiscreteScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
-    UniPCMultistepScheduler,
-)
+from diffusers import DDPMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .recipe import SchedulerRef, shown
-
-_KARRAS = {"use_karras_sigmas": True}
-_DPMPP_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
-
-SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
-    "DDPM": (DDPMScheduler, {}),
-    "DDIM": (DDIMScheduler, {}),
-    "PNDM": (PNDMScheduler, {"skip_prk_steps": True}),  # A1111's PLMS
-    "LMS": (LMSDiscreteScheduler, {}),
-    "LMS Karras": (LMSDiscreteScheduler, _KARRAS),
-    "Heun": (HeunDiscreteScheduler, {}),
-    "Euler": (EulerDiscreteScheduler, {}),
-    "Euler a": (EulerAncestralDiscreteScheduler, {}),
-    "DPM2": (KDPM2DiscreteScheduler, {}),
-    "DPM2 a": (KDPM2AncestralDiscreteScheduler, {}),
-    "DPM++ 2M": (DPMSolverMultistepScheduler, _DPMPP_2M),
-    "DPM++ 2M Karras": (DPMSolverMultistepScheduler, {**_DPMPP_2M, **_KARRAS}),
-    "DPM++ SDE Karras": (DPMSolverSDEScheduler, _KARRAS),
-    "DPM++ 2M SDE": (
-        DPMSolverMultistepScheduler,
-        {**_DPMPP_2M, "algorithm_type": "sde-dpmsolver++"},
-    ),
-    "UniPC": (UniPCMultistepScheduler, {}),
-    "DEIS": (DEISMultistepScheduler, {}),
-}
+from .recipe import SchedulerRef
+from .sampler_names import SAMPLERS, SEEDED_CLASS, SEEDS_KEY, per_image_seeds
 
 # How sigmas are spaced belongs to the sampler's name, not to the model: a model saved with
 # a Karras scheduler must not turn "Euler" into Euler Karras.
@@ -84,13 +48,12 @@ def make_scheduler(
     """
     if name not in SAMPLERS:
         raise KeyError(f"unknown sampler {name!r}")
-    cls, overrides = SAMPLERS[name]
+    class_name, overrides = SAMPLERS[name]
+    cls = scheduler_class(class_name)
     config = {k: v for k, v in base_config.items() if k not in _SPACING_KEYS}
     options = {**_PIPELINE_FIXED, **sampling_betas(config), **overrides}
-    if cls is DPMSolverSDEScheduler:
-        # One Brownian tree per image, seeded like its initial noise, so image i of a batch
-        # takes the same path as a single run with seed + i.
-        options["noise_sampler_seed"] = [seed + i for i in range(batch_size)]
+    if class_name == SEEDED_CLASS:
+        options[SEEDS_KEY] = per_image_seeds(seed, batch_size)
     # Passed as keyword arguments: from_config skips config keys listed in the base config's
     # `_use_default_values`, which would silently drop an override of such a key.
     return _from_the_first_step(cls.from_config(config, **_accepted(cls, options)))
@@ -125,24 +88,23 @@ def _from_the_first_step(scheduler: SchedulerMixin) -> SchedulerMixin:
     return scheduler
 
 
-def resolved_ref(
-    name: str, base_config: dict[str, Any], seed: int, batch_size: int = 1
-) -> SchedulerRef:
-    """``scheduler_ref(make_scheduler(...))``, remembered per sampler and model config.
+def resolve_all(base_config: dict[str, Any]) -> dict[str, Any]:
+    """What every sampler resolves to on the model with this scheduler config, as JSON for
+    ``schedules.resolutions``: {"refs": {name: ref}, "defaults": {class name: defaults}}.
 
-    Every submission resolves its sampler, and building a scheduler takes milliseconds
-    (diffusers inspects constructor signatures, and the floored betas need a schedule of
-    their own), spent while the person who pressed Generate waits. Only the SDE sampler's
-    config depends on the seeds. The ref is shared: ``Recipe.to_json`` copies its config.
+    The seeded sampler is resolved for seed 0 alone; ``schedules.resolved_ref`` puts a run's
+    seeds in. The defaults are those of the keys each class records, for ``check_scheduler``.
     """
-    seeds = (seed, batch_size) if SAMPLERS[name][0] is DPMSolverSDEScheduler else None
-    return _resolved_ref(name, json.dumps(base_config, sort_keys=True), seeds)
-
-
-@functools.lru_cache(maxsize=128)
-def _resolved_ref(name: str, config_json: str, seeds: tuple[int, int] | None) -> SchedulerRef:
-    seed, batch_size = seeds or (0, 1)
-    return scheduler_ref(make_scheduler(name, json.loads(config_json), seed, batch_size))
+    refs, defaults = {}, {}
+    for name in SAMPLERS:
+        ref = scheduler_ref(make_scheduler(name, base_config, seed=0))
+        refs[name] = {"class_name": ref.class_name, "config": ref.config}
+        parameters = inspect.signature(scheduler_class(ref.class_name).__init__).parameters
+        defaults[ref.class_name] = {
+            key: parameters[key].default for key in ref.config
+            if key in parameters and parameters[key].default is not inspect.Parameter.empty
+        }
+    return {"refs": refs, "defaults": defaults}
 
 
 def sampling_betas(config: dict[str, Any]) -> dict[str, Any]:
@@ -218,93 +180,6 @@ def scheduler_ref(scheduler: SchedulerMixin) -> SchedulerRef:
     return SchedulerRef(class_name=cls.__name__, config=config)
 
 
-# Knobs that only place, clip or finish a run's steps, neither the model's schedule nor the
-# sampler's method: a recipe made elsewhere (another Studio, other diffusers defaults) may set
-# them otherwise, to one of these values (typed: a bool is a bool). Every value here builds
-# every sampler's scheduler (tests/generation/test_recipe_trust.py).
-TUNABLE: dict[str, tuple[Any, ...]] = {
-    "timestep_spacing": ("leading", "linspace", "trailing"),
-    "steps_offset": (0, 1),
-    "final_sigmas_type": ("zero", "sigma_min"),
-    **{key: (False, True) for key in (
-        "clip_sample", "set_alpha_to_one", "thresholding", "lower_order_final", "euler_at_final",
-    )},
-}
-
-
-def check_scheduler(
-    ref: SchedulerRef, name: str, base_config: dict[str, Any], seed: int, batch_size: int = 1
-) -> dict[str, str]:
-    """Errors of a recipe's scheduler, keyed ``scheduler.class`` and ``scheduler.config.KEY``.
-
-    A recipe may come from anywhere (a PNG's text chunk), and ``from_config`` builds whatever
-    its config says: num_train_timesteps=1e9 is gigabytes of betas. So it is checked, without
-    building anything, against the ref Studio resolves for this model and sampler:
-    1. the class is the sampler's;
-    2. every key is one of that ref's keys, with that ref's value (same JSON type, same
-       value; lists of the same length), or for a TUNABLE key one of its values;
-    3. a key left out means the class's default, which must pass the same rule.
-    """
-    expected = resolved_ref(name, base_config, seed, batch_size)
-    if ref.class_name != expected.class_name:
-        return {"scheduler.class": f"must be {expected.class_name} for the sampler {name!r}, "
-                                   f"not {shown(ref.class_name)}"}
-    config, known = ref.config, expected.config
-    if not isinstance(config, dict):
-        return {"scheduler.config": "must be an object of scheduler settings"}
-    # Before anything iterates over a config of any size; a few strays are named one by one.
-    if len(config) > 2 * len(known):
-        return {"scheduler.config": f"has {len(config)} settings; {ref.class_name} has "
-                                    f"{len(known)}"}
-    errors = {}
-    for key, value in config.items():
-        label = f"scheduler.config.{key if isinstance(key, str) else shown(key)}"
-        if key not in known:
-            errors[label] = f"is not a setting of {ref.class_name}"
-        elif problem := _value_problem(key, value, known[key]):
-            errors[label] = problem
-    defaults = _defaults(ref.class_name)
-    for key in known.keys() - config.keys():
-        default = defaults.get(key, known[key])  # a key the class ignores stays ignored
-        if _value_problem(key, default, known[key]):
-            errors[f"scheduler.config.{key}"] = (
-                f"is missing, and {ref.class_name}'s default ({shown(default)}) is not the "
-                "value this model and sampler use"
-            )
-    return errors
-
-
-def _value_problem(key: str, value: Any, expected: Any) -> str | None:
-    if _same(value, expected):
-        return None
-    if key in TUNABLE:
-        if any(_same(value, allowed) for allowed in TUNABLE[key]):
-            return None
-        return f"must be one of {', '.join(map(repr, TUNABLE[key]))}, not {shown(value)}"
-    if isinstance(expected, list | tuple):
-        return f"must be the {len(expected)} values this model and sampler use"
-    return f"must be {expected!r} for this model and sampler, not {shown(value)}"
-
-
-def _same(value: Any, expected: Any) -> bool:
-    """Equal and of the same JSON type (True is not 1; 1000.0 is not 1000). Recursion follows
-    ``expected``, Studio's own value, and a list's length is compared before its items."""
-    if isinstance(expected, list | tuple):
-        return (
-            isinstance(value, list | tuple)
-            and len(value) == len(expected)
-            and all(_same(v, e) for v, e in zip(value, expected, strict=True))
-        )
-    return type(value) is type(expected) and value == expected
-
-
-@functools.cache
-def _defaults(class_name: str) -> dict[str, Any]:
-    """The keyword defaults of a scheduler class's constructor, by name."""
-    parameters = inspect.signature(scheduler_class(class_name).__init__).parameters
-    return {key: p.default for key, p in parameters.items() if p.default is not p.empty}
-
-
 def scheduler_class(name: str) -> type[SchedulerMixin] | None:
     cls = getattr(diffusers, name, None)
     return cls if isinstance(cls, type) and issubclass(cls, SchedulerMixin) else None
@@ -316,3 +191,8 @@ def scheduler_from_ref(ref: SchedulerRef) -> SchedulerMixin:
     if cls is None:
         raise KeyError(f"{ref.class_name!r} is not a diffusers scheduler")
     return _from_the_first_step(cls.from_config(ref.config))
+
+
+if __name__ == "__main__":
+    # schedules._resolve's child process: a model's scheduler config in, the table out.
+    json.dump(resolve_all(json.load(sys.stdin)), sys.stdout)

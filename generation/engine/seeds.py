@@ -1,17 +1,8 @@
 """Initial noise exactly as docs/architecture.md §4 fixes it, with AUTOMATIC1111's variation
 seeds."""
 
-import secrets
-
 import torch
 from diffusers.utils.torch_utils import randn_tensor
-
-from .recipe import SEED_MAX
-
-
-def random_seed() -> int:
-    """A seed for a recipe that asked for "random"; the recipe stores it."""
-    return secrets.randbelow(SEED_MAX + 1)
 
 
 def generators(seed: int, count: int) -> list[torch.Generator]:

@@ -2,7 +2,6 @@
 
 from dataclasses import replace
 
-from .models import ModelLoadError, ModelSpec, load_spec, weights_hash
 from .recipe import (
     DEFAULT_GUIDANCE,
     DEFAULT_SAMPLER,
@@ -12,10 +11,12 @@ from .recipe import (
     Recipe,
     RecipeError,
     check_numbers,
+    random_seed,
     shown,
 )
-from .samplers import SAMPLERS, check_scheduler, resolved_ref
-from .seeds import random_seed
+from .sampler_names import SAMPLERS
+from .schedules import check_scheduler, resolved_ref
+from .specs import ModelLoadError, ModelSpec, load_spec, weights_hash
 
 
 def validate_recipe(recipe: Recipe, spec: ModelSpec | None = None) -> None:

@@ -14,7 +14,8 @@ It also takes the time from the job's start (the worker's claim) to the first pr
 websocket client receives, and prints the time a job spends outside the engine (the served
 time less the worker's own engine call) and how much slower sampling ran inside the worker
 than in its paired bare call. The last line is the JSON object
-{"overhead_ratio": ..., "first_preview_ms": ..., "step_ms": ...} (medians).
+{"overhead_ratio": ..., "first_preview_ms": ..., "step_ms": ..., "web_rss_mb": ...} (medians;
+the web server's resident memory once it has served every run and the generate page).
 """
 
 import argparse
@@ -173,6 +174,14 @@ def served_run(
     }
 
 
+def resident_mb(process: subprocess.Popen) -> float:
+    """The process's resident memory now (VmRSS), in MB; Linux only."""
+    for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc")
+
+
 def bare_run(recipe_json: dict, threads: int | None):
     from dataclasses import replace
 
@@ -231,6 +240,8 @@ def main() -> None:
             print(f"run {run + 1}: engine {seconds * 1000:.0f} ms, served {total * 1000:.0f} ms, "
                   f"first preview {first_ms:.0f} ms after start; served: "
                   + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
+        session.http.get(f"{base}/generate/").raise_for_status()
+        web_rss = resident_mb(web)
     finally:
         stop_services(web, worker)
     ratio = statistics.median(served) / statistics.median(bare)
@@ -244,10 +255,12 @@ def main() -> None:
     # drawn, published and relayed; the heartbeat): what that costs, paired run by run.
     print(f"median engine call inside the worker / its paired bare call: "
           f"{statistics.median(inside):.3f}")
+    print(f"web server resident memory: {web_rss:.0f} MB")
     print(json.dumps({
         "overhead_ratio": round(ratio, 3),
         "first_preview_ms": round(statistics.median(first), 1),
         "step_ms": round(statistics.median(steps), 1),
+        "web_rss_mb": round(web_rss),
     }))
 
 

@@ -21,7 +21,7 @@ from redis import Redis
 
 from generation import pubsub_layer
 from generation.consumers import JobConsumer
-from generation.engine.generate import interrupt
+from generation.engine.sampling import interrupt
 from studio import forked_connections
 from studio.api import ApiError, SessionCsrf
 from studio.celery import app
@@ -166,7 +166,7 @@ def test_a_forked_child_disowns_the_parents_connections_and_pool():
 
 
 def test_diffusers_stops_and_hands_the_callback_its_tensors(tiny_pipeline):
-    """generation/engine/generate.py (`interrupt`) and engine/models.py (StudioPipeline's
+    """generation/engine/sampling.py (`interrupt`) and engine/models.py (StudioPipeline's
     `_callback_tensor_inputs`): a step callback can stop the loop, and can read the locals
     `noise_pred` and `latent_model_input` of the stock pipeline's loop by name."""
     seen = []

@@ -11,7 +11,8 @@ import pytest
 from generation import engine, services
 from generation.demo_model.architecture import sampling_scheduler
 from generation.engine.recipe import MAX_PROMPT_CHARS, SchedulerRef
-from generation.engine.samplers import TUNABLE, check_scheduler, resolved_ref, scheduler_from_ref
+from generation.engine.samplers import scheduler_from_ref
+from generation.engine.schedules import TUNABLE, check_scheduler, resolved_ref
 from generation.models import Job
 
 from .conftest import DEMO_WEIGHTS

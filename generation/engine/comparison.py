@@ -1,14 +1,13 @@
-"""Re-running a stored recipe and telling how close the new pixels are to the old ones."""
+"""How close two renderings of one recipe are: identical, within one 8-bit level, or not.
+
+Numpy and Pillow only: the web tier compares uploads with it (docs/architecture.md §1).
+"""
 
 import math
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-
-from .generate import generate
-from .models import StudioPipeline
-from .recipe import Recipe
 
 IDENTICAL = "identical"
 WITHIN_ONE_LEVEL = "within one level"
@@ -42,17 +41,3 @@ def compare_images(original: Image.Image, new: Image.Image) -> Comparison:
     psnr = math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
     verdict = IDENTICAL if max_diff == 0 else WITHIN_ONE_LEVEL if max_diff == 1 else DIFFERS
     return Comparison(verdict=verdict, max_diff=max_diff, psnr=psnr)
-
-
-def reproduce(
-    recipe: Recipe, original: Image.Image, *, pipeline: StudioPipeline
-) -> tuple[Image.Image, Comparison]:
-    """Run the recipe again and compare with ``original``.
-
-    The whole batch runs again, at the recorded threads, so the image at ``batch_index`` can
-    come out identical; a single run with seed + batch_index would only be within a level.
-    ``generate`` refuses (WeightsMismatchError) when the weights are not the recipe's.
-    """
-    result = generate(recipe, pipeline=pipeline, preview=None)
-    image = result.images[recipe.batch_index]
-    return image, compare_images(original, image)

@@ -11,14 +11,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .models import (
-    StudioPipeline,
-    load_pipeline,
-    model_dir,
-    pipeline_spec,
-    resolve_device,
-    weights_hash,
-)
+from .comparison import Comparison, compare_images
+from .models import StudioPipeline, load_pipeline, pipeline_spec, resolve_device
 from .previews import (
     DEFAULT_PREVIEWS,
     DecodedPreview,
@@ -34,6 +28,7 @@ from .previews import (
 from .recipe import Recipe, Versions
 from .samplers import make_scheduler, scheduler_from_ref, scheduler_ref
 from .seeds import generators, initial_noise
+from .specs import model_dir, weights_hash
 from .validation import validate_recipe
 
 OnStep = Callable[[int, int, StepPreview | None, float], None]
@@ -306,3 +301,17 @@ def interrupt(pipe: StudioPipeline) -> None:
     diffusers' documented way from a step callback, though the attribute is underscored;
     tests/generation/test_library_internals.py fails if an upgrade drops it."""
     pipe._interrupt = True
+
+
+def reproduce(
+    recipe: Recipe, original: Image.Image, *, pipeline: StudioPipeline
+) -> tuple[Image.Image, Comparison]:
+    """Run the recipe again and compare with ``original``.
+
+    The whole batch runs again, at the recorded threads, so the image at ``batch_index`` can
+    come out identical; a single run with seed + batch_index would only be within a level.
+    ``generate`` refuses (WeightsMismatchError) when the weights are not the recipe's.
+    """
+    result = generate(recipe, pipeline=pipeline, preview=None)
+    image = result.images[recipe.batch_index]
+    return image, compare_images(original, image)
