@@ -35,7 +35,10 @@ class ReproduceRefused(GalleryError):
 
 
 def _server_model(name: str, recipe_hash: str) -> engine.ModelRef:
-    """This server's model of that name, if its weights are the recipe's."""
+    """This server's model of that name, unless its weights are known to differ from the
+    recipe's. The server knows its hash once a worker or `manage.py models` has hashed the
+    weights (a web request never hashes, generation.registry); until then the queued recipe
+    keeps the recipe's own hash, and the worker refuses weights that differ from it."""
     try:
         model = registry.get(name)
     except engine.ModelLoadError as exc:
@@ -44,7 +47,7 @@ def _server_model(name: str, recipe_hash: str) -> engine.ModelRef:
         raise ReproduceRefused(f"This server has no model called “{name}”, so it cannot "
                                "reproduce the image.")
     # A1111 parameters carry only the first 10 hex digits of the hash.
-    if not recipe_hash or not model.hash.startswith(recipe_hash):
+    if not recipe_hash or (model.hash and not model.hash.startswith(recipe_hash)):
         raise ReproduceRefused(
             f"The weights of “{name}” have changed since this image was made (the recipe says "
             f"{recipe_hash[:12] or 'nothing'}, this server has {model.hash[:12]}), so the same "
@@ -60,7 +63,9 @@ def studio_recipe(recipe_json: dict) -> dict:
     except engine.RecipeError as exc:
         raise ReproduceRefused(f"The recipe is incomplete: {exc}") from exc
     model = _server_model(recipe.model.name, recipe.model.hash)
-    recipe = replace(recipe, model=model)
+    # The recipe's full hash, which the worker checks the weights against before it runs.
+    recipe = replace(recipe, model=replace(model, hash=recipe.model.hash,
+                                           family=recipe.model.family))
     blocked = recipes.blocked_phrase_in(recipe.prompt)
     if blocked:
         raise ReproduceRefused(f"The prompt contains “{blocked}”, which this server does not "
@@ -76,8 +81,16 @@ def studio_recipe(recipe_json: dict) -> dict:
 def a1111_recipe(fields: dict) -> dict:
     """A recipe from AUTOMATIC1111 parameters (engine.parse_parameters): one image, its own
     seed. They name the request's fields as Studio does (generation/job_request.py), but
-    `cfg_scale`; the others they hold, such as `model_hash`, the request ignores."""
-    _server_model(fields.get("model", ""), fields.get("model_hash", ""))
+    `cfg_scale`; the others they hold, such as `model_hash`, the request ignores. Their
+    hash is A1111's first 10 hex digits, which the worker cannot check against the weights,
+    so the server's own hash must be known already."""
+    name = fields.get("model", "")
+    if not _server_model(name, fields.get("model_hash", "")).hash:
+        raise ReproduceRefused(
+            f"This server has not hashed the weights of “{name}” yet, so it cannot tell "
+            "whether they are the ones this image was made with. Try again after the server "
+            "has made an image with this model."
+        )
     params = {**fields, "guidance_scale": fields.get("cfg_scale"), "batch_size": 1}
     try:
         return recipes.recipe_from_params(params)

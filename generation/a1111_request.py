@@ -68,6 +68,29 @@ def model_name(title: str) -> str:
 MAX_NAMED = 32
 
 
+class OptionsIn(BaseModel):
+    """POST /sdapi/v1/options: the caller's model by its title or name; any other setting
+    only at the value Studio always has (OPTIONS_OFF, or what GET /options answers)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sd_model_checkpoint: Text | None = None
+
+
+def options_errors(body: OptionsIn, current: dict) -> dict[str, str]:
+    """An error for each setting the body would change, other than the model. The checkpoint's
+    hash follows the model and is never set by itself."""
+    extra = body.model_extra or {}
+    if len(extra) > MAX_NAMED:
+        return {"__all__": f"At most {MAX_NAMED} settings."}
+    return {
+        clip(key): "This setting cannot be changed here."
+        for key, value in extra.items()
+        if key != "sd_checkpoint_hash" and value not in OPTIONS_OFF.get(key, ())
+        and (key not in current or value != current[key])
+    }
+
+
 class OverrideSettings(BaseModel):
     """The model by its title (null is refused by name); other keys must match OPTIONS_OFF."""
 
@@ -162,8 +185,46 @@ def studio_sampler(body: A1111Fields) -> str | None:
     return name
 
 
-def studio_request(body: A1111Fields) -> JobRequest:
-    """The request as Studio's; Refused names A1111's fields at fault."""
+LORA_TAG = "<lora:"
+
+
+def prompt_loras(prompt: str) -> tuple[str, list[dict[str, Any]]]:
+    """The prompt without its `<lora:name:weight>` tags, and the LoRAs they name, as A1111
+    reads them: the weight defaults to 1, and `<lora:name:te:unet>` (or `te=`, `unet=`) may
+    weight the text encoder and the UNet apart, which Studio refuses unless they agree. A
+    scanner, not a regex: it reads the prompt once. ValueError names the tag at fault."""
+    kept, loras, position = [], [], 0
+    while (start := prompt.find(LORA_TAG, position)) >= 0:
+        end = prompt.find(">", start)
+        if end < 0:
+            break
+        kept.append(prompt[position:start])
+        loras.append(_lora_tag(prompt[start + len(LORA_TAG):end]))
+        position = end + 1
+    kept.append(prompt[position:])
+    return "".join(kept).strip(), loras
+
+
+def _lora_tag(inside: str) -> dict[str, Any]:
+    name, *args = inside.split(":")
+    named = dict(arg.split("=", 1) for arg in args if "=" in arg)
+    positional = [arg for arg in args if "=" not in arg]
+    te = named.get("te", positional[0] if positional else "1")
+    unet = named.get("unet", positional[1] if len(positional) > 1 else te)
+    try:
+        te_weight, unet_weight = float(te), float(unet)
+    except ValueError:
+        raise ValueError(f"<lora:{clip(inside)}>: the weight must be a number") from None
+    if te_weight != unet_weight:
+        raise ValueError(f"<lora:{clip(inside)}>: Studio applies one weight to the text "
+                         "encoder and the UNet alike")
+    return {"name": name.strip(), "weight": te_weight}
+
+
+def studio_request(body: A1111Fields, default_model: str | None = None) -> JobRequest:
+    """The request as Studio's; Refused names A1111's fields at fault. Without
+    `override_settings.sd_model_checkpoint` the model is `default_model` (the caller's own,
+    POST /sdapi/v1/options), else the server's."""
     errors = unsupported(body)
     if errors:
         raise Refused(errors)
@@ -172,8 +233,14 @@ def studio_request(body: A1111Fields) -> JobRequest:
     if subseed is None or subseed < 0:
         subseed = engine.random_seed() if shared.get("subseed_strength") else 0
     title = body.override_settings.sd_model_checkpoint if body.override_settings else ""
+    try:
+        prompt, tagged = prompt_loras(body.prompt)
+    except ValueError as exc:
+        raise Refused({"prompt": str(exc)}) from exc
+    if tagged:
+        shared["loras"] = [*(shared.get("loras") or []), *tagged]
     return job_request.parse({
-        **shared, "prompt": body.prompt, "model": model_name(title) or None,
+        **shared, "prompt": prompt, "model": model_name(title) or default_model,
         "seed": None if body.seed is None or body.seed < 0 else body.seed,
         "subseed": subseed, "sampler": studio_sampler(body), "guidance_scale": body.cfg_scale,
         "batch_size": body.batch_size * body.n_iter,

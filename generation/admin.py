@@ -1,8 +1,8 @@
 from django import forms
 from django.contrib import admin
 
-from . import engine
-from .models import BlockedPhrase, Job, ModelSource, Output
+from . import engine, registry
+from .models import BlockedPhrase, Job, ModelSource, Output, WeightsHash
 
 
 class OutputInline(admin.TabularInline):
@@ -38,6 +38,16 @@ class ModelSourceForm(forms.ModelForm):
         model = ModelSource
         fields = ["name", "source", "enabled"]
 
+    def clean_name(self):
+        """Refuse a name the settings or the models folder give a model already: theirs
+        would win (generation.registry), and this entry would never be used."""
+        name = self.cleaned_data["name"]
+        if name in registry.configured():
+            raise forms.ValidationError(
+                "The settings or the models folder have a model of this name already."
+            )
+        return name
+
     def clean_source(self):
         """Refuse, with the reason, a source Studio cannot read: configs and tokenizer are
         checked here; the weights load on a worker's first job."""
@@ -61,3 +71,20 @@ class ModelSourceAdmin(admin.ModelAdmin):
 class BlockedPhraseAdmin(admin.ModelAdmin):
     list_display = ["phrase", "note", "created"]
     search_fields = ["phrase"]
+
+
+@admin.register(WeightsHash)
+class WeightsHashAdmin(admin.ModelAdmin):
+    """Hashes the workers and `manage.py models` computed. Deleting one makes the next
+    worker that runs the model hash it again."""
+
+    list_display = ["path", "short_hash", "size", "hashed_at"]
+    search_fields = ["path", "sha256"]
+    readonly_fields = ["path", "size", "mtime_ns", "sha256", "hashed_at"]
+
+    @admin.display(description="sha256")
+    def short_hash(self, row: WeightsHash) -> str:
+        return row.sha256[:10]
+
+    def has_add_permission(self, request):
+        return False

@@ -135,6 +135,16 @@ def model_list(request: HttpRequest):
     return [{"name": name, "default": name == default} for name in job_request.model_names()]
 
 
+class LoraOut(Schema):
+    name: str
+
+
+@router.get("/loras", response={200: list[LoraOut], **COMMON_ERRORS}, tags=["models"])
+def lora_list(request: HttpRequest):
+    """The LoRAs a request's `loras` may name: the files in the server's LoRA folder."""
+    return [{"name": name} for name in job_request.lora_names()]
+
+
 @router.get("/samplers", response={200: list[SamplerOut], **COMMON_ERRORS}, tags=["models"])
 def sampler_list(request: HttpRequest):
     return [

@@ -1,6 +1,7 @@
-"""AUTOMATIC1111's web UI API, so the clients people have (`webuiapi`, bots, editor plugins) use
-Studio unchanged (docs/architecture.md §6): `POST /sdapi/v1/txt2img` and `GET /sdapi/v1/samplers`,
-`/schedulers`, `/sd-models`, `/progress`, `/options` and `/scripts`.
+"""AUTOMATIC1111's web UI API, so the clients people have (`webuiapi`, Open WebUI, bots, editor
+plugins) use Studio unchanged (docs/architecture.md §6): `POST /sdapi/v1/txt2img`, `GET` and
+`POST /sdapi/v1/options`, `GET /sdapi/v1/samplers`, `/schedulers`, `/sd-models`, `/loras`,
+`/progress` and `/scripts`, and `POST /sdapi/v1/refresh-checkpoints` and `/refresh-loras`.
 
 - A txt2img call is one ordinary job: the generate page's validation and per-user limits apply
   and its images land in the caller's gallery. `batch_size × n_iter` images run as one job of
@@ -11,7 +12,14 @@ Studio unchanged (docs/architecture.md §6): `POST /sdapi/v1/txt2img` and `GET /
   send every field A1111 knows on every call. A field of a feature Studio lacks is accepted
   at a value that leaves the feature off (`OFF` there) and refused otherwise, by name;
   fields Studio has never heard of are ignored, as A1111 ignores them.
-- Auth: HTTP Basic with the username and an API token (A1111's `--api-auth`), or Bearer.
+- Models: `sd-models` lists every model (generation.registry) with A1111's title, `name
+  [hash10]`, or just `name` while no worker has hashed its weights: a request never hashes.
+  `POST /options` with `sd_model_checkpoint` (a title or a name) sets the caller's own model,
+  which their txt2img calls use when they name none; A1111 sets the server's, which here would
+  let one user change another's images. Nothing of a server path is shown: a model's
+  `filename` and a LoRA's `path` are the name with its extension.
+- Auth: HTTP Basic with the username and an API token (A1111's `--api-auth`), or Bearer, on
+  every endpoint: the options are per user, so there is no anonymous caller.
 - Errors: 422 for a request that cannot run, as A1111's FastAPI answers, with
   `{"detail": message, "errors": {field: message}}` naming A1111's fields; 413 for a body
   over DATA_UPLOAD_MAX_MEMORY_SIZE.
@@ -37,9 +45,9 @@ from studio.api import (
 )
 
 from . import a1111_request, engine, recipes, registry, selectors, waiting
-from .a1111_request import ALIASES, SCHEDULERS, Txt2ImgIn
+from .a1111_request import ALIASES, SCHEDULERS, OptionsIn, Txt2ImgIn
 from .job_request import Refused
-from .models import Job, Output
+from .models import DefaultModel, Job, Output
 
 api = NinjaAPI(
     title="AUTOMATIC1111-compatible API", version="1", urls_namespace="a1111",
@@ -100,8 +108,10 @@ def info(job: Job, outputs: list[Output]) -> dict:
     """A1111's `info`: the batch's seeds and each image's infotext (its PNG `parameters`)."""
     recipe = job.recipe
     count = len(outputs)
-    # The worker completes each image's recipe with the versions that ran it.
-    versions = (outputs[0].recipe.get("versions") if outputs else None) or {}
+    # The worker completes each image's recipe with the versions that ran it, and with the
+    # weights' hash, which a recipe built in a web request may lack.
+    ran = outputs[0].recipe if outputs else recipe
+    versions = ran.get("versions") or {}
     return {
         "prompt": recipe["prompt"], "all_prompts": [recipe["prompt"]] * count,
         "negative_prompt": recipe["negative_prompt"],
@@ -113,7 +123,7 @@ def info(job: Job, outputs: list[Output]) -> dict:
         "width": recipe["width"], "height": recipe["height"], "sampler_name": recipe["sampler"],
         "cfg_scale": recipe["guidance_scale"], "steps": recipe["steps"],
         "batch_size": recipe["batch_size"], "restore_faces": False,
-        "sd_model_name": recipe["model"]["name"], "sd_model_hash": recipe["model"]["hash"][:10],
+        "sd_model_name": recipe["model"]["name"], "sd_model_hash": ran["model"]["hash"][:10],
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "styles": [],
         "extra_generation_params": {}, "index_of_first_image": 0, "clip_skip": 1,
         "job_timestamp": job.queued_at.strftime("%Y%m%d%H%M%S"),
@@ -131,8 +141,8 @@ def read_and_submit(request: HttpRequest) -> tuple[Txt2ImgIn, Job]:
     A refusal is a 422 (429 over a limit) naming A1111's fields."""
     body = read_body(request, Txt2ImgIn)
     try:
-        return body, recipes.submit(user=request.auth,
-                                    request=a1111_request.studio_request(body))
+        studio_request = a1111_request.studio_request(body, _default_model(request.auth, body))
+        return body, recipes.submit(user=request.auth, request=studio_request)
     except Refused as exc:
         errors = a1111_request.a1111_errors(exc, body)
         raise A1111Error(exc.status(422), errors, exc.headers) from exc
@@ -208,31 +218,105 @@ def schedulers(request: HttpRequest):
     ]
 
 
-def weights_hash(source: str) -> str | None:
-    """The sha256 of a model's weights, None while they cannot be read (an untrained demo)."""
-    try:
-        return engine.weights_hash(source)
-    except engine.ModelLoadError:
+# --- Models: the caller's own choice ----------------------------------------------------
+
+
+def title(name: str, digest: str | None) -> str:
+    """A1111's title of a checkpoint: `name [first 10 hex of its sha256]`, just the name
+    while the hash is not known."""
+    return f"{name} [{digest[:10]}]" if digest else name
+
+
+def filename(name: str, source: str) -> str:
+    """What A1111 shows as a checkpoint's path: here its name and extension, no server path."""
+    suffix = registry.CHECKPOINT_SUFFIX
+    return name + suffix if source.endswith(suffix) else name
+
+
+def own_model(user) -> str | None:
+    """The model the caller chose with POST /options, if they did."""
+    return DefaultModel.objects.filter(user=user).values_list("model", flat=True).first()
+
+
+def chosen_model(user) -> str:
+    """The model the caller's calls use when they name none: theirs, else the server's."""
+    return own_model(user) or registry.default_name()
+
+
+def _default_model(user, body: Txt2ImgIn) -> str | None:
+    """The caller's own model for a call that names none (None: the server's); refused by
+    name when it has left the server since they chose it, rather than drawn with another."""
+    if body.override_settings and body.override_settings.sd_model_checkpoint:
         return None
+    name = own_model(user)
+    if name is not None and name not in registry.models():
+        raise A1111Error(422, {"sd_model_checkpoint": (
+            f"Your model “{name}” (POST /sdapi/v1/options) is no longer on this server; "
+            "choose another there or in override_settings.")})
+    return name
 
 
 @api.get("/sd-models")
 def sd_models(request: HttpRequest):
-    models = []
-    for name, source in registry.models().items():
-        digest = weights_hash(source)
-        # `filename`: A1111's checkpoint path, which clients only show; ours stay private.
-        models.append({"title": name, "model_name": name, "hash": digest and digest[:10],
-                       "sha256": digest, "filename": name, "config": None})
-    return models
+    known = registry.models()
+    hashes = registry.known_hashes(known.values())
+    return [
+        {"title": title(name, hashes[source]), "model_name": name,
+         "hash": hashes[source] and hashes[source][:10], "sha256": hashes[source],
+         "filename": filename(name, source), "config": None}
+        for name, source in known.items()
+    ]
 
 
 @api.get("/options")
 def options(request: HttpRequest):
-    """The options clients read. Read-only: a call picks its model with
-    `override_settings.sd_model_checkpoint`, since one user's choice must not change
-    another's."""
-    name = registry.default_name()
-    digest = weights_hash(registry.models()[name])
-    return {"sd_model_checkpoint": name, "sd_checkpoint_hash": digest,
+    """The options clients read: the caller's model (as a title) among them."""
+    name = chosen_model(request.auth)
+    source = registry.models().get(name)
+    digest = registry.known_hash(source) if source is not None else None
+    return {"sd_model_checkpoint": title(name, digest), "sd_checkpoint_hash": digest,
             "samples_format": "png", "CLIP_stop_at_last_layers": 1}
+
+
+@api.post("/options")
+def options_set(request: HttpRequest):
+    """Set the caller's own model (`sd_model_checkpoint`, a title or a name); other settings
+    only at the values Studio has. Nothing is stored unless all of it is accepted. Answers
+    null, as A1111 does. The body is OptionsIn."""
+    body = read_body(request, OptionsIn)
+    errors = a1111_request.options_errors(body, options(request))
+    name = None
+    if body.sd_model_checkpoint is not None:
+        name = a1111_request.model_name(body.sd_model_checkpoint)
+        if name not in (known := registry.models()):
+            errors["sd_model_checkpoint"] = "Unknown model. Choose one of: " + ", ".join(known)
+    if errors:
+        raise A1111Error(422, errors)
+    if name is not None:
+        DefaultModel.objects.update_or_create(
+            user=request.auth, defaults={"model": name, "updated": timezone.now()}
+        )
+
+
+@api.post("/refresh-checkpoints")
+def refresh_checkpoints(request: HttpRequest):
+    """Scan the models folder again (a checkpoint dropped in or removed); hashes nothing."""
+    registry.refresh()
+    registry.from_folder()
+
+
+@api.get("/loras")
+def loras(request: HttpRequest):
+    """The LoRA files, as A1111 lists them; a prompt names one as <lora:name:weight>, so
+    `alias` is the name too."""
+    return [
+        {"name": name, "alias": name, "path": name + registry.CHECKPOINT_SUFFIX,
+         "metadata": registry.lora_metadata(path)}
+        for name, path in registry.loras().items()
+    ]
+
+
+@api.post("/refresh-loras")
+def refresh_loras(request: HttpRequest):
+    registry.refresh()
+    registry.loras()

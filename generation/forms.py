@@ -9,13 +9,15 @@ from functools import cached_property
 from django import forms
 
 from . import engine, recipes
-from .job_request import FIELDS, RequestField
+from .job_request import FIELDS, LoraChoice, RequestField, lora_names
 
 
 def form_field(field: RequestField, model: engine.ModelSpec | None) -> forms.Field:
     """A Django field that draws `field` (its checks are the engine's, not Django's)."""
     common = {"label": field.label, "help_text": field.help, "required": field.required}
     attrs = {"placeholder": field.placeholder} if field.placeholder else {}
+    if field.kind is LoraChoice:  # typed as text; the page's picker (generate.js) fills it in
+        return forms.CharField(widget=forms.TextInput(attrs), **common)
     if field.choices is not None:
         return forms.ChoiceField(choices=[(c, c) for c in field.choices()], **common)
     if field.kind is str:
@@ -32,6 +34,10 @@ class GenerateForm(forms.Form):
         super().__init__(initial=initial, label_suffix="")
         for field in FIELDS:
             self.fields[field.name] = form_field(field, model)
+
+    @cached_property
+    def lora_names(self) -> list[str]:
+        return lora_names()
 
     @cached_property
     def groups(self) -> dict[str, list[forms.BoundField]]:

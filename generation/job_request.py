@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from pydantic import BaseModel
 from pydantic import Field as SchemaField
 
 from studio.api import Text
 
 from . import engine, registry
-from .engine.recipe import MAX_GUIDANCE, MAX_STEPS, SIZE_MULTIPLE
+from .engine.recipe import MAX_GUIDANCE, MAX_LORA_WEIGHT, MAX_LORAS, MAX_STEPS, SIZE_MULTIPLE
 
 
 class Refused(Exception):
@@ -65,7 +66,7 @@ class RequestField:
     placeholder: str = ""
     group: str = "main"  # where the page puts it: "text", "main" or "variation"
     name: str = ""
-    kind: type = str  # str, int or float
+    kind: type = str  # str, int, float or LoraChoice (a list of them)
     default: Any = None
 
     def bounds(self, model: engine.ModelSpec | None = None) -> tuple[Any, Any]:
@@ -107,6 +108,25 @@ def sampler_names() -> list[str]:
     return list(engine.SAMPLERS)
 
 
+def lora_names() -> list[str]:
+    return list(registry.loras())
+
+
+@dataclass(frozen=True)
+class LoraChoice:
+    """A LoRA to apply, by name, at a weight (the engine checks both)."""
+
+    name: str
+    weight: float = 1.0
+
+
+class LoraIn(BaseModel):
+    """A LoRA in a JSON request (`loras: [{"name", "weight"}]`)."""
+
+    name: Text
+    weight: float = SchemaField(1.0, ge=-MAX_LORA_WEIGHT, le=MAX_LORA_WEIGHT)
+
+
 @dataclass(frozen=True)
 class JobRequest:
     """What a person asks for. None leaves the choice to the engine or the server: the
@@ -141,6 +161,11 @@ class JobRequest:
     subseed_strength: float = _field(0.0, "Strength", "0 keeps the seed's image; 1 is the "
                                      "variation seed's.", low=0, high=1, step=0.05,
                                      group="variation")
+    loras: tuple[LoraChoice, ...] = _field(
+        (), "LoRAs", "Add-on weights that steer the style, each at a weight (1 is full "
+        f"strength). At most {MAX_LORAS}.", choices=lora_names, listed_by="GET /loras",
+        group="loras", placeholder="name:weight, name:weight",
+    )
 
 
 def _kind(annotation: Any) -> type:
@@ -159,7 +184,8 @@ NAMES = tuple(field.name for field in FIELDS)
 
 # --- Parsing ------------------------------------------------------------------------------
 
-TYPE_ERRORS = {int: "Enter a whole number.", float: "Enter a number.", str: "Enter text."}
+TYPE_ERRORS = {int: "Enter a whole number.", float: "Enter a number.", str: "Enter text.",
+               LoraChoice: "Enter LoRAs as name:weight, separated by commas."}
 
 
 def too_long(params: Mapping) -> dict[str, str]:
@@ -175,6 +201,8 @@ def too_long(params: Mapping) -> dict[str, str]:
 
 def _typed(kind: type, raw: Any) -> Any:
     """`raw` (form text or a JSON value) as `kind`; ValueError with the message to show."""
+    if kind is LoraChoice:
+        return _loras(raw)
     if kind is str:
         if not isinstance(raw, str):
             raise ValueError(TYPE_ERRORS[str])
@@ -189,6 +217,31 @@ def _typed(kind: type, raw: Any) -> Any:
         return kind(raw)
     except (ValueError, OverflowError):
         raise ValueError(TYPE_ERRORS[kind]) from None
+
+
+def _loras(raw: Any) -> tuple[LoraChoice, ...]:
+    """LoRAs from JSON (`[{"name", "weight"}]`) or text (`name:weight, name`, as the page and
+    the CLI write them); the weight defaults to 1. Counted before anything is read."""
+    entries = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(entries, list | tuple):
+        raise ValueError(TYPE_ERRORS[LoraChoice])
+    entries = [e for e in entries if not (isinstance(e, str) and not e.strip())]
+    if len(entries) > MAX_LORAS:
+        raise ValueError(f"Choose at most {MAX_LORAS} LoRAs.")
+    return tuple(_lora(entry) for entry in entries)
+
+
+def _lora(entry: Any) -> LoraChoice:
+    if isinstance(entry, str):
+        name, colon, weight = entry.strip().rpartition(":")
+        entry = {"name": name, "weight": weight} if colon else {"name": weight}
+    if not isinstance(entry, Mapping) or set(entry) - {"name", "weight"}:
+        raise ValueError(TYPE_ERRORS[LoraChoice])
+    name = _typed(str, entry.get("name")).strip()
+    weight = entry.get("weight")
+    if not name:
+        raise ValueError("Name each LoRA.")
+    return LoraChoice(name, 1.0 if weight in (None, "") else _typed(float, weight))
 
 
 def parse(params: Mapping) -> JobRequest:
@@ -228,7 +281,7 @@ def schema_fields(*, leave_out: Iterable[str] = ()) -> dict[str, tuple]:
     for field in FIELDS:
         if field.name in leave_out:
             continue
-        kind = Text if field.kind is str else field.kind
+        kind = {str: Text, LoraChoice: list[LoraIn]}.get(field.kind, field.kind)
         low, high = field.bounds()
         limits = {"minimum": low, "maximum": high} if not field.sized and high is not None else {}
         default = ... if field.required else field.default

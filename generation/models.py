@@ -177,12 +177,15 @@ class BlockedPhrase(models.Model):
 
 
 class ModelSource(models.Model):
-    """A model added in the admin, beside the bundled demo model and STUDIO_MODELS."""
+    """A model added in the admin, beside the bundled demo model, STUDIO_MODELS and the
+    models folder (generation.registry)."""
 
-    name = models.SlugField(max_length=100, unique=True, allow_unicode=False)
+    name = models.SlugField(max_length=settings.MAX_MODEL_NAME, unique=True,
+                            allow_unicode=False)
     source = models.CharField(
-        max_length=500, help_text="A local diffusers directory, or a hub id such as "
-        "“stable-diffusion-v1-5/stable-diffusion-v1-5” (needs the hub to be reachable).",
+        max_length=500, help_text="A local diffusers directory, a single-file .safetensors "
+        "checkpoint, or a hub id such as “stable-diffusion-v1-5/stable-diffusion-v1-5” (needs "
+        "the hub to be reachable).",
     )
     enabled = models.BooleanField(default=True)
     created = models.DateTimeField(default=timezone.now)
@@ -193,3 +196,41 @@ class ModelSource(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class WeightsHash(models.Model):
+    """The sha256 of a model's weights (engine.weights_hash), kept for the files as they were
+    when hashed: a checkpoint of gigabytes takes seconds to hash, so a worker or
+    `manage.py models` hashes it once and every process reads it here. A web request never
+    hashes (generation.registry).
+
+    `path` is the resolved file or diffusers folder; `size` and `mtime_ns` are the file's, or
+    for a folder the sum of its weight files' sizes and the newest mtime among them. A row whose
+    size or mtime no longer match the files on disk is stale and is hashed again."""
+
+    path = models.CharField(max_length=1024, unique=True)
+    size = models.BigIntegerField()
+    mtime_ns = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    hashed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["path"]
+        verbose_name = "weights hash"
+
+    def __str__(self) -> str:
+        return f"{self.path} {self.sha256[:10]}"
+
+
+class DefaultModel(models.Model):
+    """The model a user's AUTOMATIC1111-API calls use when they name none: A1111's
+    `sd_model_checkpoint`, set with POST /sdapi/v1/options. One row per user, so one user's
+    choice never changes another's or the server's default (generation/compat_a1111.py)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                                primary_key=True, related_name="default_model")
+    model = models.CharField(max_length=settings.MAX_MODEL_NAME)
+    updated = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.model}"

@@ -8,9 +8,10 @@ message, named after the field, in one Refused.
 import dataclasses
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 
 from . import engine, registry, services
-from .job_request import FIELDS, JobRequest, Refused, model_names, parse
+from .job_request import FIELDS, JobRequest, LoraChoice, Refused, lora_names, model_names, parse
 from .models import BlockedPhrase, Job
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ def form_initial(params: Mapping) -> dict:
     for field in FIELDS:
         if field.sized and initial[field.name] is None and spec is not None:
             initial[field.name] = spec.native_size
+    if not isinstance(initial["loras"], str):  # the page edits them as `name:weight` text
+        initial["loras"] = ", ".join(f"{lora['name']}:{lora['weight']:g}"
+                                     for lora in initial["loras"])
     return initial
 
 
@@ -80,13 +84,43 @@ def recipe_for(request: JobRequest) -> dict:
     model = _model(request.model or registry.default_name())
     chosen = {
         key: value for key, value in dataclasses.asdict(request).items()
-        if value is not None and key != "model"
+        if value is not None and key not in ("model", "loras")
     }
     try:
-        recipe = engine.build_recipe(model=model, **chosen)
+        recipe = engine.build_recipe(model=model, loras=lora_refs(request.loras, model), **chosen)
     except engine.RecipeError as exc:
         raise Refused(exc.errors) from exc
     return recipe.to_json()
+
+
+def lora_refs(chosen: tuple[LoraChoice, ...], model: engine.ModelRef) -> tuple[engine.LoraRef, ...]:
+    """The chosen LoRAs by file, each with its hash when a worker has hashed it (else the
+    worker fills it in); Refused for a name no file has or a file for another family, read
+    from the files' headers alone."""
+    files, errors, refs = registry.loras(), {}, []
+    for i, choice in enumerate(chosen):
+        path = files.get(choice.name)
+        if path is None:
+            known = ", ".join(lora_names()) or "none on this server"
+            errors[f"loras.{i}.name"] = f"Unknown LoRA “{choice.name}”. Known: {known}."
+            continue
+        if problem := _lora_problem(choice.name, path, model):
+            errors[f"loras.{i}.name"] = problem
+        refs.append(engine.LoraRef(name=choice.name, weight=choice.weight,
+                                   hash=registry.known_hash(path) or ""))
+    if errors:
+        raise Refused(errors)
+    return tuple(refs)
+
+
+def _lora_problem(name: str, path: str, model: engine.ModelRef) -> str | None:
+    try:
+        lora = engine.inspect_lora(name, Path(path))
+        width = engine.load_spec(model.source).context_width
+    except engine.ModelLoadError as exc:
+        log.warning("LoRA %r cannot be read: %s", name, exc)
+        return f"The LoRA “{name}” cannot be read: it is not a LoRA file, or it is damaged."
+    return engine.lora_mismatch(lora, width, f"the model “{model.name}”")
 
 
 def recipe_from_params(params: Mapping) -> dict:

@@ -3,11 +3,12 @@
 import logging
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connections
 
 from . import broadcast, engine, registry, selectors, services, sidecar
 from .models import Job
@@ -19,7 +20,9 @@ log = logging.getLogger(__name__)
 def run(job: Job) -> str:
     """Run a claimed job to an end state and announce it.
 
-    1. Load the model's pipeline (cached per model, device and dtype in this process).
+    1. Load the model's pipeline (cached per model, device and dtype in this process), and
+       make sure the database knows its weights' hash (registry.weights_hash), so the web
+       tier can show it without hashing.
     2. Generate, each step handed to this worker's sidecar process, which draws and
        publishes its preview, writes the heartbeat (which also carries the cancel check)
        and keeps every k-th step's frame of each image (generation/sidecar.py).
@@ -74,8 +77,9 @@ def announce_loading(job: Job, model: str) -> None:
 
 def _generate(job: Job, steps: sidecar.SidecarRun) -> tuple[engine.Result, list[dict]]:
     """The engine's result, and the frames the sidecar kept. Its timings include
-    `model_load`: the seconds this job waited for the model's pipeline to load, 0 when this
-    worker had it loaded already (the default model from the worker's start, see preload)."""
+    `model_load`: the seconds this job waited for the model's pipeline to load and its
+    weights to be hashed, 0 when this worker had it loaded already (the default model from
+    the worker's start, see preload)."""
     # The server decides the threads, whatever a recipe says (services.job_submit).
     recipe = replace(engine.Recipe.from_json(job.recipe), threads=registry.threads())
     device, dtype = registry.device()
@@ -86,10 +90,12 @@ def _generate(job: Job, steps: sidecar.SidecarRun) -> tuple[engine.Result, list[
             announce_loading(job, recipe.model.name)
         started = time.perf_counter()
         pipeline = engine.load_pipeline(source, device=device, dtype=dtype)
+        registry.weights_hash(source)  # a lookup once the database has it
         model_load = 0.0 if loaded else time.perf_counter() - started
         # Each step is handed to the sidecar on the sampling thread: one send.
         result = engine.generate(
-            recipe, pipeline=pipeline, on_step=steps.step, should_cancel=steps.should_stop
+            recipe, pipeline=pipeline, on_step=steps.step, should_cancel=steps.should_stop,
+            lora_files=_lora_files(recipe), hashes=registry.weights_hash,
         )
     finally:
         # Every step sent is reported and its heartbeat written before the job is finished,
@@ -99,27 +105,37 @@ def _generate(job: Job, steps: sidecar.SidecarRun) -> tuple[engine.Result, list[
     return result, frames
 
 
+def _lora_files(recipe: engine.Recipe) -> dict[str, Path]:
+    """The files of the recipe's LoRAs that this worker has; the engine refuses the others."""
+    files = registry.loras()
+    return {lora.name: Path(files[lora.name]) for lora in recipe.loras if lora.name in files}
+
+
 def preload() -> None:
     """Make this worker process ready for its first job before it takes one: start its
     sidecar, load the default model's pipeline and hash its weights (every run checks the
-    hash, and hashing a real model's gigabytes takes seconds the first time). A GPU worker
-    process calls this as it starts (generation/tasks.py).
+    hash, and hashing a real model's gigabytes takes seconds the first time), keeping the
+    hash in the database for the web tier. A GPU worker process calls this as it starts
+    (generation/tasks.py).
 
     The sidecar is forked first, from a process that holds no model, no CUDA context and no
-    database connection yet. Nothing here uses the database: Celery closes the connections a
-    worker process inherited after this runs. A failure here is logged and the process goes
-    on: its first job starts the sidecar or loads the model again, and fails with the reason
-    if it cannot."""
-    name, source = registry.default_name(), registry.default_source()
+    database connection yet. The connection the hash lookup opens is closed before this
+    returns, leaving the process as Celery expects one it has just forked. A failure here is
+    logged and the process goes on: its first job starts the sidecar or loads the model
+    again, and fails with the reason if it cannot."""
+    name = registry.default_name()
     started = time.perf_counter()
     try:
+        source = registry.default_source()
         sidecar.get().start()
         device, dtype = registry.device()
         engine.load_pipeline(source, device=device, dtype=dtype)
-        engine.weights_hash(source)
+        registry.weights_hash(source)
     except Exception:
-        log.exception("could not preload the default model %r (%s)", name, source)
+        log.exception("could not preload the default model %r", name)
         return
+    finally:
+        connections.close_all()
     log.info("preloaded the default model %r on %s in %.1f s",
              name, device, time.perf_counter() - started)
 
@@ -156,7 +172,9 @@ def _stopped(job: Job) -> str:
 
 def _output_fields(image, recipe, frames: list[dict]) -> dict:
     index = recipe.batch_index
-    png = engine.png_with_recipe(image, recipe)
+    # What A1111 writes for each LoRA: read from the files, which only a worker has.
+    lora_hashes = {name: engine.a1111_hash(path) for name, path in _lora_files(recipe).items()}
+    png = engine.png_with_recipe(image, recipe, lora_hashes)
     return {
         "index": index,
         "image": ContentFile(png, name=f"{index}.png"),

@@ -39,6 +39,10 @@ def envlist(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
+# A model's name as STUDIO_MODELS, the models folder and the admin may give it.
+MAX_MODEL_NAME = 100
+
+
 def parse_models(value: str) -> dict[str, str]:
     """Parse STUDIO_MODELS, `name=source,name=source`, into {name: source}."""
     models = {}
@@ -46,8 +50,23 @@ def parse_models(value: str) -> dict[str, str]:
         name, sep, source = item.partition("=")
         if not sep or not name.strip() or not source.strip():
             raise ImproperlyConfigured(f"STUDIO_MODELS entry {item!r} is not name=source")
+        if len(name.strip()) > MAX_MODEL_NAME:
+            raise ImproperlyConfigured(f"STUDIO_MODELS name {name.strip()!r} is longer than "
+                                       f"{MAX_MODEL_NAME} characters")
         models[name.strip()] = source.strip()
     return models
+
+
+def envpath(name: str, default: Path) -> Path:
+    """A folder from the environment; a relative one is taken from the project root, so the
+    web server, the workers and manage.py agree whatever their working directory."""
+    return BASE_DIR / os.environ.get(name, default)
+
+
+def in_models_dir(name: str, root: Path) -> bool:
+    """Whether the models folder holds a model called `name` (generation.registry scans it):
+    `name.safetensors`, or a diffusers folder `name/` with its model_index.json."""
+    return (root / f"{name}.safetensors").is_file() or (root / name / "model_index.json").is_file()
 
 
 DEBUG = envbool("DEBUG", True)
@@ -242,9 +261,19 @@ STUDIO_DEMO_MODEL_NAME = "studio-demo"
 STUDIO_DEMO_MODEL_PATH = BASE_DIR / "generation" / "demo_model" / "weights"
 # Models beyond the demo model, which generation.registry always adds first.
 STUDIO_MODELS = parse_models(os.environ.get("STUDIO_MODELS", ""))
+# Drop-in folders (git-ignored): each `*.safetensors` checkpoint and each diffusers folder in
+# STUDIO_MODELS_DIR is a model named by its file stem or folder name; LoRA files go in
+# STUDIO_LORAS_DIR, which the model scan skips (generation.registry).
+STUDIO_MODELS_DIR = envpath("STUDIO_MODELS_DIR", BASE_DIR / "models")
+STUDIO_LORAS_DIR = envpath("STUDIO_LORAS_DIR", STUDIO_MODELS_DIR / "lora")
 STUDIO_DEFAULT_MODEL = os.environ.get("STUDIO_DEFAULT_MODEL", STUDIO_DEMO_MODEL_NAME)
-if STUDIO_DEFAULT_MODEL not in (STUDIO_DEMO_MODEL_NAME, *STUDIO_MODELS):
-    raise ImproperlyConfigured(f"STUDIO_DEFAULT_MODEL {STUDIO_DEFAULT_MODEL!r} is not a model")
+if STUDIO_DEFAULT_MODEL not in (STUDIO_DEMO_MODEL_NAME, *STUDIO_MODELS) and not in_models_dir(
+    STUDIO_DEFAULT_MODEL, STUDIO_MODELS_DIR
+):
+    raise ImproperlyConfigured(
+        f"STUDIO_DEFAULT_MODEL {STUDIO_DEFAULT_MODEL!r} is not a model: name the demo model, "
+        f"one of STUDIO_MODELS or one in {STUDIO_MODELS_DIR}"
+    )
 # Each GPU worker process loads the default model as it starts, before it takes a job
 # (generation.runner.preload). Celery gives a new worker process 4 s to start by default;
 # loading a real model from disk, or the hub the first time, can take minutes.

@@ -80,6 +80,14 @@ def fast_passwords(settings):
 
 
 @pytest.fixture(autouse=True)
+def no_models_folder(settings, tmp_path_factory):
+    """A developer's ./models never reaches a test: each starts with empty model and LoRA
+    folders unless it makes its own."""
+    settings.STUDIO_MODELS_DIR = tmp_path_factory.getbasetemp() / "no-models"
+    settings.STUDIO_LORAS_DIR = settings.STUDIO_MODELS_DIR / "lora"
+
+
+@pytest.fixture(autouse=True)
 def fresh_login_allowance():
     """Failed log-ins are counted in Redis, which test runs share: start each test without
     the counts earlier tests (or another run on this machine) left for the people here."""

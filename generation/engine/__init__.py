@@ -13,13 +13,20 @@ Recipes (``recipe.py``, ``validation.py``)
                                                against the model's own (check_scheduler)
     RecipeError, DEFAULT_SAMPLER, DEFAULT_GUIDANCE, DEFAULT_STEPS, SEED_MAX, MAX_BATCH
 
-Models (``specs.py``, ``models.py``)
-    weights_hash(source)                       sha256 of the weight files, cached by mtime
-    load_spec(source) -> ModelSpec             limits and tokenizer, without the weights
+Models (``families.py``, ``checkpoints.py``, ``specs.py``, ``models.py``)
+    A source is a diffusers folder, a hub id, or one ``.safetensors`` checkpoint in the
+    original SD layout (SD 1.x, 2.x, SDXL base; configs shipped, or named by a
+    ``<stem>.studio.json`` beside it); ``.ckpt`` pickles are refused unopened.
+    weights_hash(source)                       sha256 of the weight files (a single file: of
+                                               the whole file, as A1111), cached by mtime
+    load_spec(source) -> ModelSpec             family, limits and tokenizer, without the weights
+    FAMILIES, Family                           sd1, sd2, sdxl: pipeline, configs, how detected
+    inspect_checkpoint(path) -> Checkpoint     a single file checked and classified, its configs
+    read_header(path) -> Header                a safetensors header, checked against the file
     resolve_device(setting) -> (device, dtype) cuda: bf16/fp16 + SDPA; cpu: fp32
     load_pipeline(source, *, device, dtype)    cached per (source, device, dtype); safetensors
     pipeline_loaded(source, *, device, dtype)  whether load_pipeline has it cached already
-    ModelLoadError, StudioPipeline
+    ModelLoadError, StudioPipeline (SD 1.x, 2.x), StudioXLPipeline (SDXL)
 
 Samplers (``sampler_names.py``, ``schedules.py``, ``samplers.py``)
     SAMPLERS                                   A1111 name -> (scheduler class name, overrides)
@@ -44,15 +51,29 @@ PNG metadata and reproduction (``pngmeta.py``, ``comparison.py``, ``sampling.py`
     compare_images(a, b) -> Comparison(verdict, max_diff, psnr)
     reproduce(recipe, original, *, pipeline) -> (image, Comparison)
 
+LoRAs (``loras.py``, ``lora_weights.py``)
+    LoraRef(name, weight, hash)                a recipe's LoRA; ``hash`` the file's sha256
+    inspect_lora(name, path) -> LoraFile       its layout and text width, from the header
+    lora_mismatch(lora, width, title)          why it cannot apply to that model, or None
+    a1111_hash(path)                           what A1111 writes under "Lora hashes"
+    apply_loras(pipeline, [(name, path, hash, weight)])   activate them for the next run
+        (``generate(..., lora_files={name: path})`` does it)
+
 Light and heavy names
-    Recipes, specs, sampler names, validation, PNG metadata and comparison import neither torch
-    nor diffusers (``specs.py``, ``schedules.py``, ``comparison.py``); the web tier uses only
-    those. Loading, sampling, previews and schedulers import on first use.
+    Recipes, specs, families, checkpoint headers, sampler names, validation, PNG metadata and
+    comparison import neither torch nor diffusers (``specs.py``, ``families.py``,
+    ``checkpoints.py``, ``schedules.py``, ``comparison.py``); the web tier uses only those.
+    Loading, sampling, previews and schedulers import on first use.
 """
 
 import importlib
 
+from .checkpoints import Checkpoint, Header, inspect_checkpoint, read_header
 from .comparison import DIFFERS, IDENTICAL, WITHIN_ONE_LEVEL, Comparison, compare_images
+from .families import FAMILIES, Family
+from .loras import UNSAFE_NAME_CHARACTERS as LORA_NAME_UNSAFE
+from .loras import LoraFile, a1111_hash, inspect_lora
+from .loras import mismatch as lora_mismatch
 from .pngmeta import (
     MAX_PARAMETERS_CHARS,
     MAX_RECIPE_CHARS,
@@ -68,6 +89,7 @@ from .recipe import (
     DEFAULT_STEPS,
     MAX_BATCH,
     SEED_MAX,
+    LoraRef,
     ModelRef,
     Recipe,
     RecipeError,
@@ -84,12 +106,15 @@ from .validation import build_recipe, validate_recipe
 # module is named like one of these names: importing it would bind the module to the name.
 _HEAVY = {
     "sampling": ("GenerationError", "Result", "WeightsMismatchError", "generate", "reproduce"),
-    "models": ("StudioPipeline", "load_pipeline", "pipeline_loaded", "resolve_device"),
+    "models": (
+        "StudioPipeline", "StudioXLPipeline", "load_pipeline", "pipeline_loaded", "resolve_device",
+    ),
     "previews": (
         "DecodedPreview", "LatentPreview", "LatentRGB", "Previews", "StepPreview",
         "fit_latent_rgb",
     ),
     "samplers": ("make_scheduler",),
+    "lora_weights": ("apply_loras",),
 }
 _HEAVY_MODULE = {name: module for module, names in _HEAVY.items() for name in names}
 
@@ -103,10 +128,12 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "LORA_NAME_UNSAFE",
     "DEFAULT_GUIDANCE",
     "DEFAULT_SAMPLER",
     "DEFAULT_STEPS",
     "DIFFERS",
+    "FAMILIES",
     "IDENTICAL",
     "MAX_BATCH",
     "MAX_PARAMETERS_CHARS",
@@ -114,11 +141,16 @@ __all__ = [
     "SAMPLERS",
     "SEED_MAX",
     "WITHIN_ONE_LEVEL",
+    "Checkpoint",
     "Comparison",
     "DecodedPreview",
+    "Family",
     "GenerationError",
+    "Header",
     "LatentPreview",
     "LatentRGB",
+    "LoraFile",
+    "LoraRef",
     "ModelLoadError",
     "ModelRef",
     "ModelSpec",
@@ -130,13 +162,19 @@ __all__ = [
     "SchedulerRef",
     "StepPreview",
     "StudioPipeline",
+    "StudioXLPipeline",
     "Versions",
     "WeightsMismatchError",
+    "a1111_hash",
+    "apply_loras",
     "build_recipe",
     "compare_images",
     "fit_latent_rgb",
     "format_parameters",
     "generate",
+    "inspect_lora",
+    "lora_mismatch",
+    "inspect_checkpoint",
     "load_pipeline",
     "load_spec",
     "make_scheduler",
@@ -144,6 +182,7 @@ __all__ = [
     "pipeline_loaded",
     "png_with_recipe",
     "random_seed",
+    "read_header",
     "read_png",
     "reproduce",
     "resolve_device",

@@ -5,6 +5,7 @@ pixels."""
 import contextlib
 import io
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from PIL import Image, PngImagePlugin
@@ -32,11 +33,13 @@ class ParametersTooLong(ValueError):
         )
 
 
-def png_with_recipe(image: Image.Image, recipe: Recipe) -> bytes:
+def png_with_recipe(
+    image: Image.Image, recipe: Recipe, lora_hashes: Mapping[str, str] | None = None
+) -> bytes:
     """The image as PNG bytes carrying both chunks. The JSON goes in a compressed iTXt chunk:
     a zero-terminal-SNR model's scheduler config holds its 1000 betas."""
     info = PngImagePlugin.PngInfo()
-    info.add_text(PARAMETERS_KEY, format_parameters(recipe))
+    info.add_text(PARAMETERS_KEY, format_parameters(recipe, lora_hashes))
     info.add_itxt(RECIPE_KEY, json.dumps(recipe.to_json()), zip=True)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
@@ -71,8 +74,13 @@ def _quote(value: Any) -> str:
     return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",\n:") else text
 
 
-def format_parameters(recipe: Recipe) -> str:
-    """A1111's ``parameters`` text, with the image's own seed (seed + batch_index)."""
+def format_parameters(recipe: Recipe, lora_hashes: Mapping[str, str] | None = None) -> str:
+    """A1111's ``parameters`` text, with the image's own seed (seed + batch_index).
+
+    ``lora_hashes`` maps each LoRA's name to what A1111 writes under "Lora hashes", the first
+    12 hex of the sha256 of its tensors (``loras.a1111_hash``); only the process that has the
+    files (a worker) knows them, so without it the key is left out.
+    """
     settings = {
         "Steps": recipe.steps,
         "Sampler": recipe.sampler,
@@ -85,14 +93,26 @@ def format_parameters(recipe: Recipe) -> str:
     if recipe.subseed_strength:
         settings["Variation seed"] = recipe.subseed + recipe.batch_index
         settings["Variation seed strength"] = f"{recipe.subseed_strength:g}"
+    if recipe.loras and lora_hashes:
+        # As A1111 writes them: "name: short hash" pairs, the whole value quoted.
+        settings["Lora hashes"] = ", ".join(
+            f"{_lora_alias(lora.name)}: {lora_hashes[lora.name]}" for lora in recipe.loras
+        )
     settings["RNG"] = "CPU"
     if recipe.versions is not None:
         settings["Version"] = f"studio-{recipe.versions.studio}"
-    lines = [recipe.prompt]
+    # A1111 reads a LoRA from its tag in the prompt; the recipe keeps them apart.
+    tags = "".join(f" <lora:{lora.name}:{lora.weight:g}>" for lora in recipe.loras)
+    lines = [recipe.prompt + tags]
     if recipe.negative_prompt:
         lines.append(f"Negative prompt: {recipe.negative_prompt}")
     lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in settings.items()))
     return "\n".join(lines)
+
+
+def _lora_alias(name: str) -> str:
+    """A1111 drops the characters that would split its list."""
+    return name.replace(":", "").replace(",", "")
 
 
 def parse_parameters(text: str) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 Each step the UNet predicts noise, v or x0; from it, its input and the schedule the engine
 computes x0, the clean latent the model is heading for (the noisy latent would show only
 static early on). A linear latent-to-RGB projection turns x0 into colours: the known factors
-for SD 1.x and SDXL, or one fitted per model by least squares against its VAE's decodes and
-stored next to the model. A full VAE decode can replace it every N steps.
+for the SD 1.x/2.x and SDXL VAEs, or one fitted per model by least squares against its VAE's
+decodes, stored next to a folder model (a single file's is kept in memory). A full VAE decode
+can replace it every N steps.
 
 The sampling loop only copies what a preview needs (``LatentPreview``); turning it into a
 picture (``render``) is left to whoever shows it, so that work can run beside the loop,
@@ -22,12 +23,13 @@ from typing import TypeVar
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
 LATENT_RGB_FILE = "latent_rgb.json"
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
+Pipeline = StableDiffusionPipeline | StableDiffusionXLPipeline
 
 
 @dataclass(frozen=True)
@@ -187,13 +189,55 @@ def encode(images: np.ndarray, options: Previews) -> bytes:
     return buffer.getvalue()
 
 
-def vae_decode(pipe: StableDiffusionPipeline, latents: torch.Tensor) -> torch.Tensor:
-    return pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+def vae_decode(pipe: Pipeline, latents: torch.Tensor) -> torch.Tensor:
+    """Latents to images in [-1, 1], as the pipeline's own ``__call__`` decodes them.
+
+    SDXL's pipeline differs from SD's in two ways: a VAE marked ``force_upcast`` decodes in
+    float32 when the model runs in float16 (it overflows there), and latents are
+    denormalised with the VAE's ``latents_mean`` and ``latents_std`` where it has them.
+    """
+    vae = pipe.vae
+    if not isinstance(pipe, StableDiffusionXLPipeline):
+        return vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+    upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+    if upcast:
+        vae.to(dtype=torch.float32)
+        latents = latents.float()
+    stats = _latent_stats(pipe, latents)
+    if stats is None:
+        latents = latents / vae.config.scaling_factor
+    else:
+        latents = latents * stats[1] / vae.config.scaling_factor + stats[0]
+    try:
+        return vae.decode(latents, return_dict=False)[0]
+    finally:
+        if upcast:
+            vae.to(dtype=torch.float16)
+
+
+def _latent_stats(pipe: Pipeline, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """An SDXL VAE's per-channel latent mean and std, where its config has them."""
+    config = pipe.vae.config
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if not isinstance(pipe, StableDiffusionXLPipeline) or mean is None or std is None:
+        return None
+    shape = (1, len(mean), 1, 1)
+    return (torch.tensor(mean).view(shape).to(like.device, like.dtype),
+            torch.tensor(std).view(shape).to(like.device, like.dtype))
+
+
+def vae_encode(pipe: Pipeline, images: torch.Tensor) -> torch.Tensor:
+    """Images to the latents the sampler works in: the inverse of ``vae_decode``."""
+    latents = pipe.vae.encode(images).latent_dist.mean
+    stats = _latent_stats(pipe, latents)
+    if stats is None:
+        return latents * pipe.vae.config.scaling_factor
+    return (latents - stats[0]) * pipe.vae.config.scaling_factor / stats[1]
 
 
 @torch.no_grad()
 def fit_latent_rgb(
-    pipe: StableDiffusionPipeline, count: int = 48, latent_size: int = 16
+    pipe: Pipeline, count: int = 48, latent_size: int = 16
 ) -> LatentRGB:
     """Least-squares latent-to-RGB projection for this model's VAE.
 
@@ -208,7 +252,7 @@ def fit_latent_rgb(
     grid = torch.rand(count, 3, 4, 4, generator=generator) * 2 - 1
     images = torch.nn.functional.interpolate(grid, size=(size, size), mode="bicubic").clamp(-1, 1)
     images = images.to(pipe.device, pipe.vae.dtype)
-    latents = pipe.vae.encode(images).latent_dist.mean * pipe.vae.config.scaling_factor
+    latents = vae_encode(pipe, images)
     decoded = vae_decode(pipe, latents).float()
     target = torch.nn.functional.avg_pool2d(decoded, pipe.vae_scale_factor)
     x = latents.float().permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
@@ -221,9 +265,11 @@ def fit_latent_rgb(
     )
 
 
-def latent_rgb_for(pipe: StableDiffusionPipeline, model_path: Path | None) -> LatentRGB:
+def latent_rgb_for(pipe: Pipeline, model_path: Path | None) -> LatentRGB:
     """The model's projection: the known factors, else one stored next to the model, else a
-    new fit, stored there when ``model_path`` is a writable local directory."""
+    new fit, stored there when ``model_path`` is a writable local directory. A single-file
+    checkpoint has no folder of its own (``model_path`` None): its fit is kept in memory
+    by the caller, never written beside the file."""
     known = KNOWN_LATENT_RGB.get(round(pipe.vae.config.scaling_factor, 5))
     if known is not None and pipe.vae_scale_factor == 8 and pipe.vae.config.latent_channels == 4:
         return known

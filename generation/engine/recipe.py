@@ -27,6 +27,11 @@ MAX_THREADS = max(256, os.cpu_count() or 1)
 # Far beyond any text encoder's window: a longer prompt is refused before it is tokenized.
 MAX_PROMPT_CHARS = 10_000
 
+# LoRAs one recipe may apply, and how far each may be weighted either way: A1111 sets no
+# bound, but past a few units a LoRA only breaks the image.
+MAX_LORAS = 8
+MAX_LORA_WEIGHT = 10.0
+
 # Far above any diffusers scheduler's settings; a config with more is not one.
 MAX_CONFIG_KEYS = 256
 DEFAULT_SAMPLER = "DDIM"
@@ -54,6 +59,17 @@ class ModelRef:
     name: str
     source: str  # what a stock ``from_pretrained`` loads: a local directory or a hub id
     hash: str = ""  # sha256 of the weight files (``weights_hash``)
+    family: str = ""  # sd1, sd2 or sdxl (``families.FAMILIES``), read from the model's files
+
+
+@dataclass(frozen=True)
+class LoraRef:
+    name: str
+    weight: float = 1.0  # the scale of both the UNet's and the text encoders' adapters
+    hash: str = ""  # sha256 of the file, as a model's: a reproduction refuses another file
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "weight": self.weight, "hash": self.hash}
 
 
 @dataclass(frozen=True)
@@ -97,6 +113,7 @@ class Recipe:
     subseed_strength: float = 0.0
     width: int = 64
     height: int = 64
+    loras: tuple[LoraRef, ...] = ()
     # Filled in by ``generate`` from the pipeline and the process that ran it.
     dtype: str | None = None
     device: str | None = None
@@ -119,6 +136,7 @@ class Recipe:
                 "name": self.model.name,
                 "source": self.model.source,
                 "hash": self.model.hash,
+                "family": self.model.family,
             },
             "sampler": self.sampler,
             "scheduler": None
@@ -133,6 +151,7 @@ class Recipe:
             "subseed_strength": self.subseed_strength,
             "width": self.width,
             "height": self.height,
+            "loras": [lora.to_json() for lora in self.loras],
             "dtype": self.dtype,
             "device": self.device,
             "threads": self.threads,
@@ -157,8 +176,12 @@ class Recipe:
             scheduler = data.get("scheduler")
             versions = data.get("versions")
             fields = {key: data[key] for key in _SCALARS if key in data}
+            loras = data.get("loras") or []
+            if not isinstance(loras, list) or len(loras) > MAX_LORAS:
+                raise RecipeError({"loras": f"must be a list of at most {MAX_LORAS} LoRAs"})
             recipe = cls(
                 model=model,
+                loras=tuple(LoraRef(**lora) for lora in loras),
                 scheduler=None
                 if scheduler is None
                 else SchedulerRef(class_name=scheduler["class"], config=scheduler["config"]),
@@ -177,6 +200,9 @@ def _shape_errors(recipe: Recipe) -> dict[str, str]:
     the prompts; and no field nested deeper than a recipe nests (a list a thousand levels
     deep is a RecursionError for whatever walks it next)."""
     texts = {f"model.{key}": value for key, value in vars(recipe.model).items()}
+    for i, lora in enumerate(recipe.loras):
+        texts.update({f"loras.{i}.{key}": getattr(lora, key)
+                      for key in ("name", "hash")})
     if recipe.versions is not None:
         texts.update({f"versions.{key}": value for key, value in vars(recipe.versions).items()})
     if recipe.scheduler is not None:
@@ -294,4 +320,25 @@ def check_numbers(recipe: Recipe, limits: ModelLimits) -> dict[str, str]:
         errors["dtype"] = f"must be one of {', '.join(DTYPES)}, not {shown(recipe.dtype)}"
     if recipe.device is not None and recipe.device not in DEVICES:
         errors["device"] = f"must be one of {', '.join(DEVICES)}, not {shown(recipe.device)}"
+    errors.update(_lora_errors(recipe.loras))
+    return errors
+
+
+def _lora_errors(loras: tuple[LoraRef, ...]) -> dict[str, str]:
+    if len(loras) > MAX_LORAS:
+        return {"loras": f"may name at most {MAX_LORAS} LoRAs, not {len(loras)}"}
+    errors, seen = {}, set()
+    for i, lora in enumerate(loras):
+        weight = lora.weight
+        if not _is_number(weight) or not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:
+            errors[f"loras.{i}.weight"] = (
+                f"must be a number from {-MAX_LORA_WEIGHT:g} to {MAX_LORA_WEIGHT:g}, "
+                f"not {shown(weight)}"
+            )
+        if not isinstance(lora.name, str):
+            errors[f"loras.{i}.name"] = "must be text"
+        elif lora.name in seen:
+            errors[f"loras.{i}.name"] = f"names {shown(lora.name)} twice"
+        else:
+            seen.add(lora.name)
     return errors

@@ -2,7 +2,7 @@
 and cancel, and the initial noise drawn exactly as docs/architecture.md §4 fixes it."""
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -11,8 +11,10 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .checkpoints import is_single_file
 from .comparison import Comparison, compare_images
-from .models import StudioPipeline, load_pipeline, pipeline_spec, resolve_device
+from .lora_weights import apply_loras
+from .models import Pipeline, load_pipeline, pipeline_spec, resolve_device, run_view
 from .previews import (
     DEFAULT_PREVIEWS,
     DecodedPreview,
@@ -55,15 +57,22 @@ class Result:
 def generate(
     recipe: Recipe,
     *,
-    pipeline: StudioPipeline | None = None,
+    pipeline: Pipeline | None = None,
     on_step: OnStep | None = None,
     should_cancel: ShouldCancel | None = None,
     preview: Previews | None = DEFAULT_PREVIEWS,
+    lora_files: Mapping[str, Path] | None = None,
+    hashes: Callable[[str], str] = weights_hash,
 ) -> Result:
     """Make the recipe's images.
 
+    ``lora_files`` maps the name of each LoRA the recipe names to its file. ``hashes(source)``
+    gives the sha256 of a model's weights or a LoRA's file (``weights_hash`` by default):
+    Studio's worker passes its database-kept lookup, so a checkpoint of gigabytes is not
+    hashed again in every new worker process.
+
     1. Load the pipeline unless given, validate the recipe against it and check that the
-       weights are the ones the recipe names.
+       weights and the LoRAs' files are the ones the recipe names; apply the LoRAs.
     2. Resolve what only this run knows: the scheduler, device, dtype, threads, versions.
     3. Draw the initial noise and run the stock pipeline; after each step the callback reports
        ``on_step(step, total, preview, elapsed)`` and checks ``should_cancel()``. The preview
@@ -77,8 +86,11 @@ def generate(
         device, dtype = resolve_device(recipe.device or "auto")
         pipeline = load_pipeline(recipe.model.source, device=device, dtype=dtype)
     loaded = time.perf_counter()
-    validate_recipe(recipe, pipeline_spec(pipeline))
-    recipe = _with_checked_hash(recipe)
+    spec = pipeline_spec(pipeline)
+    validate_recipe(recipe, spec)
+    recipe = _with_checked_hashes(recipe, spec.family, lora_files or {}, hashes)
+    apply_loras(pipeline, [(lora.name, (lora_files or {})[lora.name], lora.hash, lora.weight)
+                           for lora in recipe.loras])
     pipe = _run_pipeline(recipe, pipeline)
     recipe = _resolved(recipe, pipe)
     stepper = _Stepper(recipe, on_step, should_cancel, preview, _latent_rgb(recipe, pipe, preview))
@@ -101,17 +113,34 @@ def generate(
     return Result(images=images, recipes=recipes, timings=timings)
 
 
-def _with_checked_hash(recipe: Recipe) -> Recipe:
-    actual = weights_hash(recipe.model.source)
-    if recipe.model.hash and recipe.model.hash != actual:
+def _with_checked_hashes(
+    recipe: Recipe, family: str, lora_files: Mapping[str, Path], hashes: Callable[[str], str]
+) -> Recipe:
+    """The recipe with the model's and each LoRA's hash, and the model's family, filled in
+    from the files; WeightsMismatchError where a recorded hash is not the files'."""
+    model = recipe.model
+    actual = hashes(model.source)
+    if model.hash and model.hash != actual:
         raise WeightsMismatchError(
-            f"model {recipe.model.name!r} at {recipe.model.source} has weights {actual[:12]}, "
-            f"but the recipe was made with {recipe.model.hash[:12]}: it cannot be reproduced"
+            f"model {model.name!r} at {model.source} has weights {actual[:12]}, "
+            f"but the recipe was made with {model.hash[:12]}: it cannot be reproduced"
         )
-    return replace(recipe, model=replace(recipe.model, hash=actual))
+    loras = []
+    for lora in recipe.loras:
+        if lora.name not in lora_files:
+            raise GenerationError(f"LoRA {lora.name!r} is not on this worker")
+        found = hashes(str(lora_files[lora.name]))
+        if lora.hash and lora.hash != found:
+            raise WeightsMismatchError(
+                f"LoRA {lora.name!r} has the file {found[:12]}, but the recipe was made with "
+                f"{lora.hash[:12]}: it cannot be reproduced"
+            )
+        loras.append(replace(lora, hash=found))
+    return replace(recipe, model=replace(model, hash=actual, family=family),
+                   loras=tuple(loras))
 
 
-def _run_pipeline(recipe: Recipe, shared: StudioPipeline) -> StudioPipeline:
+def _run_pipeline(recipe: Recipe, shared: Pipeline) -> Pipeline:
     """A view of the shared pipeline with this run's own scheduler: nothing shared changes."""
     if recipe.scheduler is not None:
         scheduler = scheduler_from_ref(recipe.scheduler)
@@ -119,14 +148,10 @@ def _run_pipeline(recipe: Recipe, shared: StudioPipeline) -> StudioPipeline:
         scheduler = make_scheduler(
             recipe.sampler, shared.scheduler.config, recipe.seed, recipe.batch_size
         )
-    pipe = StudioPipeline(
-        **{**shared.components, "scheduler": scheduler}, requires_safety_checker=False
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return run_view(shared, scheduler)
 
 
-def _resolved(recipe: Recipe, pipe: StudioPipeline) -> Recipe:
+def _resolved(recipe: Recipe, pipe: Pipeline) -> Recipe:
     # One UNet weight tells device and dtype; the pipeline's own `device` and `dtype`
     # properties walk every module, milliseconds a run.
     weight = next(pipe.unet.parameters())
@@ -152,20 +177,23 @@ def pinned_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-_latent_rgb_cache: dict[Path, LatentRGB] = {}
+_latent_rgb_cache: dict[str, LatentRGB] = {}
 
 
-def _latent_rgb(recipe: Recipe, pipe: StudioPipeline, preview: Previews | None) -> LatentRGB | None:
-    """The model's latent-to-RGB projection, found or fitted once per model per process."""
+def _latent_rgb(recipe: Recipe, pipe: Pipeline, preview: Previews | None) -> LatentRGB | None:
+    """The model's latent-to-RGB projection, found or fitted once per weights per process
+    (the recipe's hash is checked by now). A folder model keeps a fit beside its weights; a
+    single file's stays in memory, since the folder it lies in may be read-only or shared."""
     if preview is None:
         return None
-    path = model_dir(recipe.model.source)
-    if path not in _latent_rgb_cache:
-        _latent_rgb_cache[path] = latent_rgb_for(pipe, path)
-    return _latent_rgb_cache[path]
+    if recipe.model.hash not in _latent_rgb_cache:
+        source = recipe.model.source
+        folder = None if is_single_file(source) else model_dir(source)
+        _latent_rgb_cache[recipe.model.hash] = latent_rgb_for(pipe, folder)
+    return _latent_rgb_cache[recipe.model.hash]
 
 
-def _denoise(pipe: StudioPipeline, recipe: Recipe, stepper: "_Stepper") -> torch.Tensor:
+def _denoise(pipe: Pipeline, recipe: Recipe, stepper: "_Stepper") -> torch.Tensor:
     """The stock pipeline's denoising loop, from this recipe's noise, to the final latents."""
     image_generators = generators(recipe.seed, recipe.batch_size)
     scale = pipe.vae_scale_factor
@@ -181,7 +209,7 @@ def _denoise(pipe: StudioPipeline, recipe: Recipe, stepper: "_Stepper") -> torch
         subseed=recipe.subseed,
         subseed_strength=recipe.subseed_strength,
         device=pipe.device,
-        dtype=pipe.text_encoder.dtype,  # what the stock pipeline draws in
+        dtype=_prompt_dtype(pipe),  # what the stock pipeline draws in
     )
     stepper.start()
     latents = pipe(
@@ -208,10 +236,18 @@ def _denoise(pipe: StudioPipeline, recipe: Recipe, stepper: "_Stepper") -> torch
     return latents
 
 
+def _prompt_dtype(pipe: Pipeline) -> torch.dtype:
+    """The dtype of the prompt embeddings, which the stock pipeline draws its noise in: the
+    last text encoder's (SDXL's second)."""
+    encoder = getattr(pipe, "text_encoder_2", None)
+    return (pipe.text_encoder if encoder is None else encoder).dtype
+
+
 @torch.no_grad()
-def _decode(pipe: StudioPipeline, latents: torch.Tensor) -> list[Image.Image]:
-    """The stock pipeline's decode (there is no safety checker), timed apart from the steps."""
-    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+def _decode(pipe: Pipeline, latents: torch.Tensor) -> list[Image.Image]:
+    """The stock pipeline's decode (no safety checker, no watermark), timed apart from the
+    steps."""
+    image = vae_decode(pipe, latents)
     return pipe.image_processor.postprocess(
         image, output_type="pil", do_denormalize=[True] * len(image)
     )
@@ -250,7 +286,7 @@ class _Stepper:
     def start(self) -> None:
         self.started = self.last = time.perf_counter()
 
-    def __call__(self, pipe: StudioPipeline, i: int, t: torch.Tensor, tensors: dict) -> dict:
+    def __call__(self, pipe: Pipeline, i: int, t: torch.Tensor, tensors: dict) -> dict:
         if self._completes_step(pipe, i):
             self.step += 1
             now = time.perf_counter()
@@ -264,13 +300,13 @@ class _Stepper:
             self.canceled = True
         return {}
 
-    def _completes_step(self, pipe: StudioPipeline, i: int) -> bool:
-        # The rule StableDiffusionPipeline's progress bar follows.
+    def _completes_step(self, pipe: Pipeline, i: int) -> bool:
+        # The rule both pipelines' progress bars follow.
         order = pipe.scheduler.order
         warmup = pipe.num_timesteps - self.recipe.steps * order
         return i == pipe.num_timesteps - 1 or (i + 1 > warmup and (i + 1) % order == 0)
 
-    def _preview(self, pipe: StudioPipeline, t: torch.Tensor, tensors: dict) -> StepPreview:
+    def _preview(self, pipe: Pipeline, t: torch.Tensor, tensors: dict) -> StepPreview:
         if self.alphas_cumprod is None:
             self.alphas_cumprod = pipe.scheduler.alphas_cumprod.tolist()
         output = tensors["noise_pred"].float()
@@ -296,7 +332,7 @@ class _Stepper:
         return {"load": load_seconds, "steps": self.step_seconds}
 
 
-def interrupt(pipe: StudioPipeline) -> None:
+def interrupt(pipe: Pipeline) -> None:
     """Stop the pipeline's denoising loop: it skips its remaining iterations. This is
     diffusers' documented way from a step callback, though the attribute is underscored;
     tests/generation/test_library_internals.py fails if an upgrade drops it."""
@@ -304,7 +340,7 @@ def interrupt(pipe: StudioPipeline) -> None:
 
 
 def reproduce(
-    recipe: Recipe, original: Image.Image, *, pipeline: StudioPipeline
+    recipe: Recipe, original: Image.Image, *, pipeline: Pipeline
 ) -> tuple[Image.Image, Comparison]:
     """Run the recipe again and compare with ``original``.
 

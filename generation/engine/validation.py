@@ -7,6 +7,7 @@ from .recipe import (
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
     MAX_PROMPT_CHARS,
+    LoraRef,
     ModelRef,
     Recipe,
     RecipeError,
@@ -16,7 +17,7 @@ from .recipe import (
 )
 from .sampler_names import SAMPLERS
 from .schedules import check_scheduler, resolved_ref
-from .specs import ModelLoadError, ModelSpec, load_spec, weights_hash
+from .specs import ModelLoadError, ModelSpec, load_spec
 
 
 def validate_recipe(recipe: Recipe, spec: ModelSpec | None = None) -> None:
@@ -72,20 +73,24 @@ def build_recipe(
     width: int | None = None,
     height: int | None = None,
     batch_size: int = 1,
+    loras: tuple[LoraRef, ...] = (),
 ) -> Recipe:
     """A validated recipe with its scheduler resolved, ready to store with a job.
 
     1. Read the model's spec: configs and tokenizer, not the weights.
-    2. Fill the defaults: a random seed (stored, so the recipe says which seed ran), the
-       model's native size, the weights' hash.
+    2. Fill the defaults: a random seed (stored, so the recipe says which seed ran) and the
+       model's native size.
     3. Validate every field, then resolve the sampler to its full scheduler config.
-    Device, dtype and threads stay empty: the worker that runs it fills them in.
+    The model's hash, and each LoRA's, is the caller's: building a recipe never reads the
+    weights, since a checkpoint of gigabytes takes seconds to hash and web requests build
+    recipes. ``generate`` fills an empty hash from the files and refuses one that differs.
+    Device, dtype and threads stay empty too: the worker that runs it fills them in.
     """
     try:
         spec = load_spec(model.source)
-        model = model if model.hash else replace(model, hash=weights_hash(model.source))
     except ModelLoadError as exc:
         raise RecipeError({"model": f"cannot be read: {exc}"}) from exc
+    model = replace(model, family=spec.family)
     recipe = Recipe(
         prompt=prompt,
         negative_prompt=negative_prompt,
@@ -99,6 +104,7 @@ def build_recipe(
         width=spec.native_size if width is None else width,
         height=spec.native_size if height is None else height,
         batch_size=batch_size,
+        loras=tuple(loras),
     )
     validate_recipe(recipe, spec)
     scheduler = resolved_ref(sampler, spec.scheduler_config, recipe.seed, batch_size)

@@ -38,6 +38,25 @@
     seedInput.value = lastSeed;
   });
 
+  // The LoRA picker adds `name:weight` to the loras field, replacing that LoRA's weight if it
+  // is there already; the field stays editable text.
+  const loraAdd = document.getElementById("lora-add");
+  if (loraAdd) {
+    loraAdd.addEventListener("click", () => {
+      const field = document.getElementById("id_loras");
+      const name = document.getElementById("lora-pick").value;
+      const weight = document.getElementById("lora-weight").value || "1";
+      const nameOf = (entry) => {
+        const colon = entry.lastIndexOf(":");
+        return (colon < 0 ? entry : entry.slice(0, colon)).trim();
+      };
+      const entries = field.value.split(",").map((s) => s.trim()).filter(Boolean)
+        .filter((entry) => nameOf(entry) !== name);
+      entries.push(`${name}:${weight}`);
+      field.value = entries.join(", ");
+    });
+  }
+
   function clearErrors() {
     form.querySelectorAll("[data-error-for]").forEach((el) => { el.textContent = ""; });
     form.querySelectorAll(".field.has-error").forEach((el) => el.classList.remove("has-error"));
@@ -46,7 +65,9 @@
 
   function showErrors(errors) {
     for (const [field, message] of Object.entries(errors)) {
-      const slot = form.querySelector(`[data-error-for="${CSS.escape(field)}"]`);
+      // "loras.0.weight" belongs to the loras field.
+      const slot = form.querySelector(`[data-error-for="${CSS.escape(field)}"]`)
+        || form.querySelector(`[data-error-for="${CSS.escape(field.split(".")[0])}"]`);
       if (slot) {
         slot.textContent = message;
         slot.closest(".field").classList.add("has-error");

@@ -12,8 +12,8 @@ from PIL import Image as PILImage
 from PIL import PngImagePlugin
 
 from gallery.models import Reproduction, Visibility
-from generation import recipes, registry, services
-from generation.models import BlockedPhrase, Job
+from generation import engine, recipes, registry, services
+from generation.models import BlockedPhrase, Job, WeightsHash
 
 from .conftest import png_bytes
 
@@ -21,13 +21,16 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def tiny_image(make_image, alice, team, tiny):
-    """A team image whose recipe names the tiny model, as a real job would record it."""
+def tiny_image(make_image, alice, team, tiny, tiny_model):
+    """A team image whose recipe names the tiny model, as a real job would record it: with
+    the weights' hash, which the worker filled in. The server has not kept that hash (no
+    WeightsHash row) unless a test hashes the weights as a worker would."""
     image = make_image(alice, Visibility.TEAM, team=team)
     params = {"prompt": "red circle", "model": tiny, "steps": 3, "seed": 5, "width": 32,
               "height": 32, "batch_size": 2}
-    recipe = {**recipes.recipe_from_params(params), "batch_index": 1, "threads": 1,
-              "device": "cpu", "dtype": "float32"}
+    made = recipes.recipe_from_params(params)
+    recipe = {**made, "model": {**made["model"], "hash": engine.weights_hash(tiny_model)},
+              "batch_index": 1, "threads": 1, "device": "cpu", "dtype": "float32"}
     image.output.recipe = recipe
     image.output.save()
     return image
@@ -49,12 +52,26 @@ def test_it_queues_the_whole_batch_as_recorded(tiny_image, bob, as_viewer):
     assert reproduction.batch_index == 1
 
 
-def test_it_refuses_when_the_weights_changed(tiny_image, as_viewer):
+def test_it_refuses_when_the_weights_changed(tiny_image, tiny_model, as_viewer):
+    registry.weights_hash(tiny_model)  # as a worker does: the server knows its hash
     tiny_image.output.recipe["model"]["hash"] = "0" * 64
     tiny_image.output.save()
     page = reproduce(as_viewer("alice"), tiny_image).content.decode()
     assert "The weights of “tiny” have changed since this image was made" in page
     assert not Job.objects.exclude(pk=tiny_image.output.job_id).exists()
+
+
+def test_before_the_server_knows_its_hash_the_worker_checks_the_weights(tiny_image,
+                                                                         as_viewer):
+    """No web request hashes: the job keeps the recipe's hash, and the engine, which the
+    worker runs, refuses weights that differ from it."""
+    tiny_image.output.recipe["model"]["hash"] = "0" * 64
+    tiny_image.output.save()
+    reproduce(as_viewer("alice"), tiny_image)
+    job = Reproduction.objects.get().job
+    assert job.recipe["model"]["hash"] == "0" * 64 and not WeightsHash.objects.exists()
+    with pytest.raises(engine.WeightsMismatchError, match="cannot be reproduced"):
+        engine.generate(engine.Recipe.from_json(job.recipe), preview=None)
 
 
 def test_it_refuses_a_model_this_server_lacks(make_image, alice, as_viewer):
@@ -144,7 +161,8 @@ def test_a_reproductions_state_is_for_who_asked(tiny_image, as_viewer, viewer, s
 
 def test_an_a1111_import_of_a_known_model_reproduces(settings, tmp_path, tiny, as_viewer):
     settings.MEDIA_ROOT = tmp_path
-    model_hash = registry.get(tiny).hash[:10]
+    # The server knows its weights' hash: a worker or `manage.py models` hashed them.
+    model_hash = registry.weights_hash(registry.models()[tiny])[:10]
     text = (f"red circle\nSteps: 3, Sampler: Euler a, CFG scale: 2, Seed: 9, Size: 32x32, "
             f"Model hash: {model_hash}, Model: {tiny}")
     info = PngImagePlugin.PngInfo()
@@ -158,6 +176,23 @@ def test_an_a1111_import_of_a_known_model_reproduces(settings, tmp_path, tiny, a
     job = Reproduction.objects.get().job
     assert (job.recipe["seed"], job.recipe["sampler"], job.recipe["steps"]) == (9, "Euler a", 3)
     assert job.recipe["guidance_scale"] == 2.0 and job.recipe["model"]["name"] == tiny
+
+
+def test_an_a1111_import_waits_for_the_server_to_know_its_hash(settings, tmp_path, tiny,
+                                                                tiny_model, as_viewer):
+    settings.MEDIA_ROOT = tmp_path
+    text = (f"red circle\nSteps: 3, Sampler: Euler a, CFG scale: 2, Seed: 9, Size: 32x32, "
+            f"Model hash: {engine.weights_hash(tiny_model)[:10]}, Model: {tiny}")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    buffer = io.BytesIO()
+    PILImage.new("RGB", (32, 32)).save(buffer, "PNG", pnginfo=info)
+    client = as_viewer("alice")
+    page = client.post(reverse("import_upload"),
+                       {"image": SimpleUploadedFile("a.png", buffer.getvalue())})
+    answer = client.post(page["Location"] + "reproduce/", follow=True).content.decode()
+    assert "This server has not hashed the weights of “tiny” yet" in answer
+    assert not Reproduction.objects.exists()
 
 
 def test_the_job_reveals_only_the_originals_place_in_its_batch(tiny_image, as_viewer):

@@ -1,17 +1,36 @@
-"""A tiny Stable-Diffusion-style model for engine tests, built like diffusers' fast tests
-(``get_dummy_components``) with the demo model's schedule: cosine betas, v-prediction, DDIM
-with trailing spacing. Saved with ``save_pretrained`` and loaded back, as real models are."""
+"""Tiny models for engine tests, built like diffusers' fast tests (``get_dummy_components``).
 
+``tiny_components``: a Stable-Diffusion-style model with the demo model's schedule (cosine
+betas, v-prediction, DDIM with trailing spacing). ``family_components``: one per family Studio
+runs (SD 1.x, SD 2.x with v-prediction, SDXL) with the real CLIP tokenizers Studio ships,
+saved both as a diffusers folder and as a single-file checkpoint in the original layout
+(``family_models``). Saved and loaded back, as real models are.
+"""
+
+import json
+import shutil
 import string
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from generation import engine
 from generation.demo_model.architecture import sampling_scheduler
+from generation.engine.families import CONFIGS
+from generation.engine.specs import config_tokenizer
+
+from .checkpoint_files import pipeline_to_original
 
 MAX_TOKENS = 24
 DEMO_WEIGHTS = Path(__file__).resolve().parents[2] / "generation" / "demo_model" / "weights"
@@ -109,3 +128,124 @@ def demo_pipeline() -> engine.StudioPipeline:
     if not (DEMO_WEIGHTS / "model_index.json").is_file():
         pytest.skip("the demo model's weights are not in generation/demo_model/weights yet")
     return engine.load_pipeline(str(DEMO_WEIGHTS), device="cpu", dtype=torch.float32)
+
+
+FAMILY_NAMES = ("sd1", "sd2", "sdxl")
+# SD 1.x's schedule, as the families' shipped configs have it.
+SD_SCHEDULE = {
+    "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "steps_offset": 1, "timestep_spacing": "leading", "num_train_timesteps": 1000,
+}
+
+
+def shipped_tokenizer(folder: str, subfolder: str = "tokenizer") -> CLIPTokenizer:
+    """A tokenizer Studio ships for single files (generation/engine/configs)."""
+    return config_tokenizer(CONFIGS / folder, subfolder)
+
+
+def _text_config(width: int, act: str = "quick_gelu", projection: int = 32) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        hidden_size=width, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        vocab_size=49408, max_position_embeddings=77, hidden_act=act,
+        projection_dim=projection, bos_token_id=49406, eos_token_id=49407, pad_token_id=1,
+    )
+
+
+def _tiny_unet(**options) -> UNet2DConditionModel:
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), norm_num_groups=32, **options,
+    )
+
+
+def _tiny_vae() -> AutoencoderKL:
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        sample_size=64, norm_num_groups=32,
+    )
+
+
+def family_components(family: str) -> dict:
+    """A tiny random model of the family, in the shapes of diffusers' fast tests. SDXL's two
+    text encoders differ in width (32 and 64): a single file's loader tells them apart so."""
+    if family in ("sd1", "sd2"):
+        sd2 = family == "sd2"
+        torch.manual_seed(0)
+        text_encoder = CLIPTextModel(_text_config(32, act="gelu" if sd2 else "quick_gelu"))
+        return {
+            "unet": _tiny_unet(cross_attention_dim=32, **(
+                {"attention_head_dim": (2, 4), "use_linear_projection": True} if sd2 else {}
+            )),
+            "vae": _tiny_vae(),
+            "text_encoder": text_encoder,
+            "tokenizer": shipped_tokenizer(family),
+            "scheduler": EulerDiscreteScheduler(
+                **SD_SCHEDULE, prediction_type="v_prediction" if sd2 else "epsilon"
+            ),
+            "safety_checker": None, "feature_extractor": None, "image_encoder": None,
+            "requires_safety_checker": False,
+        }
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(_text_config(32))
+    torch.manual_seed(0)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(64, act="gelu"))
+    return {
+        "unet": _tiny_unet(
+            attention_head_dim=(2, 4), use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 2), cross_attention_dim=32 + 64,
+            projection_class_embeddings_input_dim=6 * 8 + 32,  # time ids + the pooled text
+        ),
+        "vae": _tiny_vae(),
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer": shipped_tokenizer("sdxl"),
+        "tokenizer_2": shipped_tokenizer("sdxl", "tokenizer_2"),
+        "scheduler": EulerDiscreteScheduler(**SD_SCHEDULE),
+        "image_encoder": None, "feature_extractor": None, "add_watermarker": False,
+    }
+
+
+def stock_class(family: str) -> type:
+    return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+
+
+@dataclass(frozen=True)
+class FamilyModel:
+    family: str
+    folder: str  # a diffusers folder
+    file: str  # the same weights as one original-layout .safetensors file
+    config: Path  # the folder without weights, which the file's sidecar names
+
+
+def save_family_model(family: str, root: Path) -> FamilyModel:
+    pipe = stock_class(family)(**family_components(family))
+    folder, config = root / "folder", root / "config"
+    pipe.save_pretrained(folder, safe_serialization=True)
+    shutil.copytree(folder, config, ignore=shutil.ignore_patterns("*.safetensors"))
+    file = root / f"tiny-{family}.safetensors"
+    save_file(pipeline_to_original(pipe, family), file)
+    (root / f"tiny-{family}.studio.json").write_text(json.dumps({"config": "config"}))
+    return FamilyModel(family, str(folder), str(file), config)
+
+
+@pytest.fixture(scope="session")
+def family_models(tmp_path_factory) -> dict[str, FamilyModel]:
+    """Each family's tiny model, as a folder and as a single file, built once a session."""
+    return {
+        family: save_family_model(family, tmp_path_factory.mktemp(f"tiny-{family}"))
+        for family in FAMILY_NAMES
+    }
+
+
+@pytest.fixture
+def family_pipeline(family_models):
+    def load(family: str) -> engine.StudioPipeline | engine.StudioXLPipeline:
+        source = family_models[family].folder
+        return engine.load_pipeline(source, device="cpu", dtype=torch.float32)
+
+    return load

@@ -99,11 +99,11 @@ def test_samplers_lists_every_name():
     assert len(engine.SAMPLERS) >= 16
 
 
-def test_models_lists_name_source_and_hash(tiny_registered):
-    rows = json.loads(run("models", "--json"))
-    assert {
-        "name": "tiny",
-        "source": tiny_registered,
-        "hash": engine.weights_hash(tiny_registered),
-    } in rows
-    assert all(set(row) == {"name", "source", "hash"} for row in rows)
+def test_models_lists_name_source_hash_family_and_size(tiny_registered):
+    rows = {row["name"]: row for row in json.loads(run("models", "--json"))}
+    tiny = rows["tiny"]
+    assert (tiny["source"], tiny["hash"], tiny["native_size"]) == (
+        tiny_registered, engine.weights_hash(tiny_registered), 32)
+    assert tiny["family"] is None or isinstance(tiny["family"], str)
+    assert all(set(row) == {"name", "source", "hash", "family", "native_size"}
+               for row in rows.values())

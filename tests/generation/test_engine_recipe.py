@@ -27,6 +27,7 @@ RECIPE_KEYS = {
     "subseed_strength",
     "width",
     "height",
+    "loras",
     "dtype",
     "device",
     "threads",
@@ -41,6 +42,7 @@ def test_a_generated_recipe_has_exactly_the_design_keys(make_recipe, tiny_pipeli
         "name": "tiny",
         "source": tiny_model,
         "hash": engine.weights_hash(tiny_model),
+        "family": "sd1",
     }
     assert (
         set(data["scheduler"]) == {"class", "config"}

@@ -185,3 +185,23 @@ def test_diffusers_stops_and_hands_the_callback_its_tensors(tiny_pipeline):
     )
     latent = (1, 4, 8, 8)
     assert seen == [{"noise_pred": latent, "latent_model_input": (2, 4, 8, 8)}] * 2
+
+
+def test_sdxl_hands_the_step_callback_its_tensors_and_stops(family_pipeline):
+    """generation/engine/models.py (StudioXLPipeline's `_callback_tensor_inputs`) and
+    sampling.py (`interrupt`): SDXL's loop has the locals previews read, by name."""
+    seen = []
+
+    def callback(pipe, i, t, tensors):
+        seen.append({name: tuple(tensor.shape) for name, tensor in tensors.items()})
+        if i == 1:
+            interrupt(pipe)
+        return {}
+
+    pipe = family_pipeline("sdxl")
+    pipe(
+        prompt="a red circle", num_inference_steps=6, height=32, width=32, guidance_scale=3.0,
+        output_type="latent", callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=["noise_pred", "latent_model_input"],
+    )
+    assert seen == [{"noise_pred": (1, 4, 16, 16), "latent_model_input": (2, 4, 16, 16)}] * 2

@@ -21,7 +21,7 @@ from PIL import Image as PILImage
 from PIL import PngImagePlugin
 
 from gallery.models import PngImport
-from generation import recipes
+from generation import engine, recipes
 from generation.models import Job
 
 from .conftest import counts
@@ -169,8 +169,11 @@ def tiny_registered(world, tiny_model):
 
 
 def genuine_recipe() -> dict:
-    return recipes.recipe_from_params({"prompt": "red circle", "model": "tiny", "steps": 3,
+    """A recipe as a worker records it: with its weights' hash, which the worker filled in."""
+    made = recipes.recipe_from_params({"prompt": "red circle", "model": "tiny", "steps": 3,
                                        "seed": 5, "width": 32, "height": 32})
+    return {**made, "model": {**made["model"],
+                              "hash": engine.weights_hash(made["model"]["source"])}}
 
 
 def with_config(**changes):

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from generation import engine, registry
+from generation import engine, recipes, registry
+from generation.job_request import Refused, parse
 
 
 class Command(BaseCommand):
@@ -25,6 +26,8 @@ class Command(BaseCommand):
         parser.add_argument("--width", type=int, default=None, help="default: the model's size")
         parser.add_argument("--height", type=int, default=None)
         parser.add_argument("--batch", type=int, default=1)
+        parser.add_argument("--lora", action="append", default=[], metavar="NAME[:WEIGHT]",
+                            help="a LoRA from `GET /api/v1/loras` (repeatable; weight 1)")
         parser.add_argument("--out", required=True, type=Path)
         parser.add_argument("--json", action="store_true", help="end with one JSON line")
 
@@ -32,13 +35,15 @@ class Command(BaseCommand):
         recipe = _recipe(options)
         device, dtype = registry.device()
         pipeline = engine.load_pipeline(recipe.model.source, device=device, dtype=dtype)
-        result = engine.generate(recipe, pipeline=pipeline, preview=None)
+        files = {lora.name: Path(registry.loras()[lora.name]) for lora in recipe.loras}
+        result = engine.generate(recipe, pipeline=pipeline, preview=None, lora_files=files)
+        lora_hashes = {name: engine.a1111_hash(path) for name, path in files.items()}
         out = options["out"].resolve()
         out.mkdir(parents=True, exist_ok=True)
         images = []
         for image, image_recipe in zip(result.images, result.recipes, strict=True):
             path = out / f"{image_recipe.image_seed}-{image_recipe.batch_index}.png"
-            path.write_bytes(engine.png_with_recipe(image, image_recipe))
+            path.write_bytes(engine.png_with_recipe(image, image_recipe, lora_hashes))
             images.append({"file": str(path), "recipe": image_recipe.to_json()})
             if not options["json"]:
                 self.stdout.write(str(path))
@@ -51,6 +56,10 @@ def _recipe(options: dict) -> engine.Recipe:
     model = registry.get(name)
     if model is None:
         raise CommandError(f"unknown model {name!r}; known: {', '.join(registry.models())}")
+    try:
+        loras = recipes.lora_refs(parse({"loras": options["lora"]}).loras, model)
+    except Refused as exc:
+        raise CommandError("\n".join(f"--lora: {v}" for v in exc.errors.values())) from exc
     try:
         recipe = engine.build_recipe(
             model=model,
@@ -65,6 +74,7 @@ def _recipe(options: dict) -> engine.Recipe:
             width=options["width"],
             height=options["height"],
             batch_size=options["batch"],
+            loras=loras,
         )
     except engine.RecipeError as exc:
         raise CommandError(
