@@ -122,6 +122,10 @@ def job_cancel(request: HttpRequest, job_id: UUID):
 class ModelOut(Schema):
     name: str
     default: bool
+    family: str | None = Field(description="sd1, sd2 or sdxl; null while its files "
+                                           "cannot be read.")
+    native_size: int | None = Field(description="The size it was trained at, in pixels: "
+                                                "what width and height default to.")
 
 
 class SamplerOut(Schema):
@@ -132,7 +136,12 @@ class SamplerOut(Schema):
 @router.get("/models", response={200: list[ModelOut], **COMMON_ERRORS}, tags=["models"])
 def model_list(request: HttpRequest):
     default = registry.default_name()
-    return [{"name": name, "default": name == default} for name in job_request.model_names()]
+    models = []
+    for name in job_request.model_names():
+        spec = recipes.model_spec(name)  # configs only, kept per model
+        models.append({"name": name, "default": name == default,
+                       "family": spec and spec.family, "native_size": spec and spec.native_size})
+    return models
 
 
 class LoraOut(Schema):

@@ -10,11 +10,16 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+from studio.api import clip
+
 from . import engine, registry, services
 from .job_request import FIELDS, JobRequest, LoraChoice, Refused, lora_names, model_names, parse
 from .models import BlockedPhrase, Job
 
 log = logging.getLogger(__name__)
+
+# How many names a refusal lists; GET /api/v1/loras has them all.
+SHOWN_NAMES = 20
 
 
 def model_spec(name: str) -> engine.ModelSpec | None:
@@ -101,8 +106,11 @@ def lora_refs(chosen: tuple[LoraChoice, ...], model: engine.ModelRef) -> tuple[e
     for i, choice in enumerate(chosen):
         path = files.get(choice.name)
         if path is None:
-            known = ", ".join(lora_names()) or "none on this server"
-            errors[f"loras.{i}.name"] = f"Unknown LoRA “{choice.name}”. Known: {known}."
+            names = lora_names()
+            known = ", ".join(names[:SHOWN_NAMES]) + (", …" if len(names) > SHOWN_NAMES else "")
+            errors[f"loras.{i}.name"] = (
+                f"Unknown LoRA “{clip(choice.name)}”. Known: {known or 'none on this server'}."
+            )
             continue
         if problem := _lora_problem(choice.name, path, model):
             errors[f"loras.{i}.name"] = problem

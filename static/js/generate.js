@@ -38,6 +38,32 @@
     seedInput.value = lastSeed;
   });
 
+  // A model opens at its own native size: when the model changes, a width and height still at
+  // the old model's native size follow the new one's (GET /api/v1/models says each one's).
+  const modelSelect = document.getElementById("id_model");
+  const sizes = ["id_width", "id_height"].map((id) => document.getElementById(id));
+  let nativeSizes = null;
+  let previousModel = modelSelect.value;
+  modelSelect.addEventListener("change", async () => {
+    const [from, to] = [previousModel, modelSelect.value];
+    previousModel = to;
+    if (nativeSizes === null) {
+      try {
+        const response = await fetch("/api/v1/models", { headers: { Accept: "application/json" } });
+        if (!response.ok) return;
+        nativeSizes = Object.fromEntries((await response.json()).map((m) => [m.name, m.native_size]));
+      } catch (error) {
+        return;  // the sizes stay as they are; the server checks them
+      }
+    }
+    const before = nativeSizes[from];
+    const after = nativeSizes[to];
+    if (!after || modelSelect.value !== to) return;
+    for (const input of sizes) {
+      if (input && (input.value === "" || Number(input.value) === before)) input.value = after;
+    }
+  });
+
   // The LoRA picker adds `name:weight` to the loras field, replacing that LoRA's weight if it
   // is there already; the field stays editable text.
   const loraAdd = document.getElementById("lora-add");

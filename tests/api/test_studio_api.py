@@ -87,7 +87,8 @@ def test_it_lists_my_jobs_by_page(api, alice, bob, tiny):
 def test_it_lists_models_samplers_and_teams(api, alice, team, tiny):
     client = api(alice)
     models = client.get(f"{API}/models").json()
-    assert {"name": "tiny", "default": True} in models
+    assert {"name": "tiny", "default": True, "family": "sd1", "native_size": 32} in models
+    assert {"name": "studio-demo", "default": False, "family": "sd1", "native_size": 64} in models
     samplers = {s["name"]: s["scheduler"] for s in client.get(f"{API}/samplers").json()}
     assert samplers["Euler a"] == "EulerAncestralDiscreteScheduler"
     assert client.get(f"{API}/teams").json() == [
