@@ -33,7 +33,8 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         if latest is None:
             return [state]
         if latest["type"] == "job.state":  # runner.announce_loading's
-            state["job"]["loading_model"] = latest["job"]["loading_model"]
+            for key in ("loading_model", "loading_seconds"):
+                state["job"][key] = latest["job"].get(key)
             return [state]
         return [state, progress_message(latest)]
 

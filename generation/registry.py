@@ -331,6 +331,18 @@ def device() -> tuple:
     return engine.resolve_device(getattr(settings, "STUDIO_DEVICE", "auto"))
 
 
+def model_memory() -> dict:
+    """How this process keeps its models: ``engine.load_pipeline``'s ``budget_bytes`` and
+    ``cpu_offload``, from STUDIO_WORKER_MODEL_MEMORY and STUDIO_CPU_OFFLOAD."""
+    return {"budget_bytes": getattr(settings, "STUDIO_WORKER_MODEL_MEMORY", 0),
+            "cpu_offload": getattr(settings, "STUDIO_CPU_OFFLOAD", "off") == "model"}
+
+
+def vae_tiling() -> str:
+    """When runs decode in tiles, STUDIO_VAE_TILING: off, on or auto (``engine.generate``)."""
+    return getattr(settings, "STUDIO_VAE_TILING", "off")
+
+
 def threads() -> int | None:
     """torch's intra-op threads for a run: STUDIO_THREADS, else on the CPU every core but one.
 

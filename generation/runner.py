@@ -1,7 +1,10 @@
 """Runs one claimed job on this worker: the glue between a Job row and the engine."""
 
 import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,13 +19,17 @@ from .presenters import job_state
 
 log = logging.getLogger(__name__)
 
+# While a model loads, its job's watchers hear how long it has taken so far, this often.
+LOADING_NEWS_SECONDS = 5
+
 
 def run(job: Job) -> str:
     """Run a claimed job to an end state and announce it.
 
-    1. Load the model's pipeline (cached per model, device and dtype in this process), and
-       make sure the database knows its weights' hash (registry.weights_hash), so the web
-       tier can show it without hashing.
+    1. Load the model's pipeline (cached per model, device and dtype in this process, within
+       its memory budget: registry.model_memory), and make sure the database knows its
+       weights' hash (registry.weights_hash), so the web tier can show it without hashing.
+       Meanwhile its watchers hear that it loads, and for how long (loading_news).
     2. Generate, each step handed to this worker's sidecar process, which draws and
        publishes its preview, writes the heartbeat (which also carries the cancel check)
        and keeps every k-th step's frame of each image (generation/sidecar.py).
@@ -63,16 +70,49 @@ def announce(job: Job, outputs=None) -> None:
         log.warning("could not announce job %s: %s", job.pk, exc)
 
 
-def announce_loading(job: Job, model: str) -> None:
-    """Tell the job's watchers that it runs but waits for its model to load: a real model
-    takes seconds, sometimes longer than all the steps. Kept as the job's latest message
-    until its first step replaces it, so a watcher who connects meanwhile hears it too."""
+def announce_loading(job: Job, model: str, state: dict | None = None, seconds: int = 0) -> None:
+    """Tell the job's watchers that it runs but waits for its model to load (`loading_model`),
+    and for how many seconds so far (`loading_seconds`): a real model takes seconds,
+    sometimes longer than all the steps. Kept as the job's latest message until its first
+    step replaces it, so a watcher who connects meanwhile hears it too. `state`: the job's,
+    read before (loading_news reads it once, on the job's thread)."""
     try:
-        state = job_state(selectors.job_view(job)) | {"loading_model": model}
-        broadcast.send(job.group_name, {"type": "job.state", "attempt": job.attempt,
-                                        "job": state}, keep=True)
+        state = state or job_state(selectors.job_view(job))
+        message = {"type": "job.state", "attempt": job.attempt,
+                   "job": state | {"loading_model": model, "loading_seconds": seconds}}
+        broadcast.send(job.group_name, message, keep=True)
     except Exception as exc:  # only news: the run goes on
         log.warning("could not announce job %s: %s", job.pk, exc)
+
+
+@contextmanager
+def loading_news(job: Job, model: str) -> Iterator[None]:
+    """Announce the model's loading now, then every LOADING_NEWS_SECONDS from a thread of
+    its own while the job's thread loads it: the seconds are the honest measure there is, as
+    diffusers reports no progress within a load. The thread reads no database, and has
+    stopped by the time this returns, so no loading news can follow the job's first step
+    (the sidecar publishes those)."""
+    try:
+        state = job_state(selectors.job_view(job))
+    except Exception as exc:  # only news: the load goes on, unannounced
+        log.warning("could not announce job %s: %s", job.pk, exc)
+        yield
+        return
+    announce_loading(job, model, state)
+    started = time.monotonic()
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(LOADING_NEWS_SECONDS):
+            announce_loading(job, model, state, round(time.monotonic() - started))
+
+    ticker = threading.Thread(target=tick, name=f"loading-news-{job.pk}", daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join()
 
 
 def _generate(job: Job, steps: sidecar.SidecarRun) -> tuple[engine.Result, list[dict]]:
@@ -83,19 +123,21 @@ def _generate(job: Job, steps: sidecar.SidecarRun) -> tuple[engine.Result, list[
     # The server decides the threads, whatever a recipe says (services.job_submit).
     recipe = replace(engine.Recipe.from_json(job.recipe), threads=registry.threads())
     device, dtype = registry.device()
+    memory = registry.model_memory()
     try:
         source = recipe.model.source
-        loaded = engine.pipeline_loaded(source, device=device, dtype=dtype)
-        if not loaded:
-            announce_loading(job, recipe.model.name)
+        loaded = engine.pipeline_loaded(source, device=device, dtype=dtype,
+                                        cpu_offload=memory["cpu_offload"])
         started = time.perf_counter()
-        pipeline = engine.load_pipeline(source, device=device, dtype=dtype)
-        registry.weights_hash(source)  # a lookup once the database has it
+        with nullcontext() if loaded else loading_news(job, recipe.model.name):
+            pipeline = engine.load_pipeline(source, device=device, dtype=dtype, **memory)
+            registry.weights_hash(source)  # a lookup once the database has it
         model_load = 0.0 if loaded else time.perf_counter() - started
         # Each step is handed to the sidecar on the sampling thread: one send.
         result = engine.generate(
             recipe, pipeline=pipeline, on_step=steps.step, should_cancel=steps.should_stop,
             lora_files=_lora_files(recipe), hashes=registry.weights_hash,
+            vae_tiling=registry.vae_tiling(),
         )
     finally:
         # Every step sent is reported and its heartbeat written before the job is finished,
@@ -129,7 +171,7 @@ def preload() -> None:
         source = registry.default_source()
         sidecar.get().start()
         device, dtype = registry.device()
-        engine.load_pipeline(source, device=device, dtype=dtype)
+        engine.load_pipeline(source, device=device, dtype=dtype, **registry.model_memory())
         registry.weights_hash(source)
     except Exception:
         log.exception("could not preload the default model %r", name)

@@ -35,6 +35,34 @@ def envint(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, not {value!r}") from exc
 
 
+# Units a size may carry: decimal as disks count, binary as GPUs and `free -g` do.
+BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+              "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def envbytes(name: str, default: int) -> int:
+    """A size: a whole number of bytes, or a number with a unit (`12GB`, `11.5GiB`)."""
+    value = os.environ.get(name, "").strip()
+    number = value.rstrip("BbKkMmGgTtIi ")
+    unit = value[len(number):].strip().lower()
+    try:
+        size = float(number) * BYTE_UNITS[unit] if value else default
+    except (KeyError, ValueError):
+        size = -1
+    if not 0 <= size < 2**63:  # also NaN and infinity
+        raise ImproperlyConfigured(
+            f"{name} must be a size, in bytes or with a unit (12GB, 11.5GiB), not {value!r}"
+        )
+    return int(size)
+
+
+def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name, "") or default
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
 def envlist(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
@@ -278,6 +306,16 @@ if STUDIO_DEFAULT_MODEL not in (STUDIO_DEMO_MODEL_NAME, *STUDIO_MODELS) and not 
 # (generation.runner.preload). Celery gives a new worker process 4 s to start by default;
 # loading a real model from disk, or the hub the first time, can take minutes.
 STUDIO_WORKER_PRELOAD = envbool("STUDIO_WORKER_PRELOAD", True)
+# How a worker process fits its models in memory (docs/models.md). The weights it keeps
+# loaded, least recently used dropped first beyond this (0: no limit).
+STUDIO_WORKER_MODEL_MEMORY = envbytes("STUDIO_WORKER_MODEL_MEMORY", 0)
+# `model`: diffusers' model CPU offload, weights in RAM and each model on the GPU as it runs.
+STUDIO_CPU_OFFLOAD = envchoice("STUDIO_CPU_OFFLOAD", "off", ("off", "model"))
+if STUDIO_CPU_OFFLOAD == "model" and STUDIO_DEVICE == "cpu":
+    raise ImproperlyConfigured("STUDIO_CPU_OFFLOAD=model needs a GPU, and STUDIO_DEVICE is cpu")
+# Decode in tiles (which changes the pixels; recipes record it): `on`, `off`, or `auto` when
+# the decode would not fit the memory free on the device.
+STUDIO_VAE_TILING = envchoice("STUDIO_VAE_TILING", "off", ("off", "on", "auto"))
 CELERY_WORKER_PROC_ALIVE_TIMEOUT = envint("STUDIO_WORKER_START_TIMEOUT", 600)
 
 LOGGING = {

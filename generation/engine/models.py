@@ -1,21 +1,40 @@
-"""Loading models in a worker: device choice, the pipeline each family runs with, and a
-per-process pipeline cache. What validation reads without the weights is in ``specs.py``.
+"""Loading models in a worker: device choice, the pipeline each family runs with, a
+per-process pipeline cache kept within a memory budget, and diffusers' memory savers (model
+CPU offload, VAE tiling). What validation reads without the weights is in ``specs.py``.
 
 A folder or hub model loads with ``from_pretrained``; a single ``.safetensors`` checkpoint
 with ``from_single_file``, its configs and tokenizers from the folder ``checkpoints.py`` found
 for it and the scheduler its spec names, with no hub access.
 """
 
+import gc
+import logging
+import math
+import os
 import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from itertools import chain
+from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .checkpoints import Checkpoint, inspect_checkpoint, is_single_file
+from .checkpoints import Checkpoint, checked_path, inspect_checkpoint, is_single_file, read_header
 from .families import FAMILIES, family_of
 from .samplers import scheduler_class
-from .specs import ModelLoadError, ModelSpec, config_tokenizer, load_spec, spec_from_configs
+from .specs import (
+    ModelLoadError,
+    ModelSpec,
+    config_tokenizer,
+    load_spec,
+    model_dir,
+    spec_from_configs,
+)
+
+log = logging.getLogger(__name__)
 
 # The step callback also reads the guided model output and the model's input: previews
 # compute the predicted clean latent from them (``previews.py``). Both pipelines' loops have
@@ -61,31 +80,162 @@ def resolve_device(setting: str = "auto") -> tuple[torch.device, torch.dtype]:
     return torch.device("cuda"), dtype
 
 
-_pipelines: dict[tuple[str, str, torch.dtype], Pipeline] = {}
+# (source, device, dtype, offloaded) -> the pipeline, the least recently used first.
+_Key = tuple[str, str, torch.dtype, bool]
+_pipelines: OrderedDict[_Key, Pipeline] = OrderedDict()
+# id(pipeline) -> how many runs use it now (``in_use``): no load evicts those.
+_runs: dict[int, int] = {}
 _pipelines_lock = threading.Lock()
+# Where an offloaded pipeline computes; its weights' own device is the CPU between runs.
+_OFFLOAD_DEVICE = "_studio_offload_device"
 
 
-def load_pipeline(source: str, *, device: torch.device | str, dtype: torch.dtype) -> Pipeline:
-    """The model's pipeline, loaded once per (source, device, dtype) in this process.
+def load_pipeline(
+    source: str,
+    *,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    budget_bytes: int = 0,
+    cpu_offload: bool = False,
+) -> Pipeline:
+    """The model's pipeline, loaded once per (source, device, dtype, offload) in this process.
 
     Safetensors only: a directory with only pickled weights, or a ``.ckpt`` file, fails
     instead of running code. The pipeline is shared: ``generate`` never changes it, it builds
     a per-run view with its own scheduler (``run_view``).
+
+    ``budget_bytes`` (0: no limit) bounds the weights this process keeps loaded
+    (``pipeline_bytes``). Before a load, the least recently used pipelines that no run is
+    using (``in_use``) are dropped until the new one, as its files' headers count it
+    (``estimated_bytes``), fits beside the rest; after it, until its measured weights do. A
+    model larger than the whole budget still loads, the others dropped, with a warning: the
+    budget bounds what a worker keeps, not which models people may use.
+
+    ``cpu_offload``: diffusers' model CPU offload. The weights stay in RAM and each model
+    moves to the GPU while it runs: same pixels, slower steps, for a GPU too small for the
+    pipeline. CUDA only; elsewhere it means nothing and is ignored, with a log line.
     """
-    key = (source, str(device), dtype)
+    device = torch.device(device)
+    key = _key(source, device, dtype, cpu_offload)
     with _pipelines_lock:
-        if key not in _pipelines:
-            _pipelines[key] = _load(source, torch.device(device), dtype)
+        if key in _pipelines:
+            _pipelines.move_to_end(key)
+            return _pipelines[key]
+        if cpu_offload and not key[3]:
+            log.info("model CPU offload is for CUDA: %s loads on %s without it", source, device)
+        if budget_bytes:
+            _evict(budget_bytes, incoming=estimated_bytes(source, dtype))
+        _pipelines[key] = _load(source, device, dtype, offload=key[3])
+        if budget_bytes:
+            _evict(budget_bytes, loaded=key)
         return _pipelines[key]
 
 
-def pipeline_loaded(source: str, *, device: torch.device | str, dtype: torch.dtype) -> bool:
+def pipeline_loaded(
+    source: str, *, device: torch.device | str, dtype: torch.dtype, cpu_offload: bool = False
+) -> bool:
     """Whether ``load_pipeline`` holds this pipeline already, and so returns it at once."""
     with _pipelines_lock:
-        return (source, str(device), dtype) in _pipelines
+        return _key(source, torch.device(device), dtype, cpu_offload) in _pipelines
 
 
-def _load(source: str, device: torch.device, dtype: torch.dtype) -> Pipeline:
+def _key(source: str, device: torch.device, dtype: torch.dtype, cpu_offload: bool) -> _Key:
+    return source, str(device), dtype, cpu_offload and device.type == "cuda"
+
+
+@contextmanager
+def in_use(pipe: Pipeline) -> Iterator[Pipeline]:
+    """Mark a shared pipeline as used by a run (``generate`` does): no load evicts it
+    meanwhile, and it counts as used when the run starts and when it ends."""
+    with _pipelines_lock:
+        _runs[id(pipe)] = _runs.get(id(pipe), 0) + 1
+        _touch(pipe)
+    try:
+        yield pipe
+    finally:
+        with _pipelines_lock:
+            _runs[id(pipe)] -= 1
+            if not _runs[id(pipe)]:
+                del _runs[id(pipe)]
+            _touch(pipe)
+
+
+def _touch(pipe: Pipeline) -> None:
+    for key, cached in _pipelines.items():
+        if cached is pipe:
+            _pipelines.move_to_end(key)
+            return
+
+
+def _evict(budget: int, *, incoming: int = 0, loaded: _Key | None = None) -> None:
+    """Drop the least recently used pipelines that no run uses, never the one just
+    ``loaded``, until the cache and ``incoming`` bytes fit the budget; warn if they cannot."""
+    sizes = {key: pipeline_bytes(pipe) for key, pipe in _pipelines.items()}
+    dropped = False
+    for key in list(_pipelines):
+        if sum(sizes.values()) + incoming <= budget:
+            break
+        if key != loaded and not _runs.get(id(_pipelines[key])):
+            log.info("dropped the model %s (%s) to stay within the budget of %s",
+                     key[0], _mb(sizes.pop(key)), _mb(budget))
+            del _pipelines[key]
+            dropped = True
+    if dropped:
+        gc.collect()  # a pipeline's modules hold reference cycles
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    total = sum(sizes.values())
+    if loaded is not None and total > budget:
+        if sizes[loaded] > budget:
+            log.warning("the model %s takes %s, more than the whole budget of %s: loaded anyway",
+                        loaded[0], _mb(sizes[loaded]), _mb(budget))
+        else:
+            log.warning("models in use keep %s loaded, beyond the budget of %s",
+                        _mb(total), _mb(budget))
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"
+
+
+def pipeline_bytes(pipe: Pipeline) -> int:
+    """The bytes a pipeline's weights take: every parameter and buffer of its models (UNet,
+    VAE, text encoders), with the LoRA adapters loaded into them."""
+    modules = [module for module in pipe.components.values()
+               if isinstance(module, torch.nn.Module)]
+    return sum(tensor.numel() * tensor.element_size()
+               for module in modules for tensor in chain(module.parameters(), module.buffers()))
+
+
+# The models a folder's pipeline loads weights for: never its safety checker.
+_WEIGHTED = ("unet", "vae", "text_encoder", "text_encoder_2")
+# A single file's copy of the UNet's moving average, which the loader skips.
+_EMA_PREFIX = "model_ema."
+_FLOATS = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+_ITEM_BYTES = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def estimated_bytes(source: str, dtype: torch.dtype) -> int:
+    """What ``pipeline_bytes`` will be once the model is loaded in ``dtype``, from its files'
+    safetensors headers alone: floating-point weights count at ``dtype``'s size."""
+    if is_single_file(source):
+        header = read_header(checked_path(source))
+        tensors = [tensor for name, tensor in header.tensors.items()
+                   if not name.startswith(_EMA_PREFIX)]
+    else:
+        root = model_dir(source)
+        # Not a variant's file (name.fp16.safetensors): from_pretrained reads none.
+        files = [path for name in _WEIGHTED for path in (root / name).glob("*.safetensors")
+                 if "." not in path.stem]
+        tensors = [tensor for path in files for tensor in read_header(path).tensors.values()]
+    return sum(
+        math.prod(tensor.shape)
+        * (dtype.itemsize if tensor.dtype in _FLOATS else _ITEM_BYTES.get(tensor.dtype, 1))
+        for tensor in tensors
+    )
+
+
+def _load(source: str, device: torch.device, dtype: torch.dtype, *, offload: bool) -> Pipeline:
     cls = PIPELINE_CLASSES[FAMILIES[load_spec(source).family].pipeline]
     try:
         if is_single_file(source):
@@ -97,7 +247,24 @@ def _load(source: str, device: torch.device, dtype: torch.dtype) -> Pipeline:
     except _LOAD_ERRORS as exc:
         raise ModelLoadError(f"{source}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    if not offload:
+        return pipe.to(device)
+    offload_models(pipe, device)
+    return pipe
+
+
+def offload_models(pipe: Pipeline, device: torch.device) -> None:
+    """diffusers' model CPU offload onto ``device``: each model moves there as it runs, the
+    one before it back to the CPU. ``load_pipeline`` offloads onto CUDA only; on the CPU the
+    hooks move nothing, which the tests use to check that offloading keeps the pixels."""
+    pipe.enable_model_cpu_offload(device=device)
+    setattr(pipe, _OFFLOAD_DEVICE, device)
+
+
+def execution_device(pipe: Pipeline) -> torch.device:
+    """Where the pipeline computes: the device an offloaded one moves its models to as they
+    run, else its UNet's."""
+    return getattr(pipe, _OFFLOAD_DEVICE, None) or next(pipe.unet.parameters()).device
 
 
 def _options(cls: type[Pipeline]) -> dict:
@@ -155,6 +322,8 @@ def run_view(shared: Pipeline, scheduler: SchedulerMixin) -> Pipeline:
     else:
         pipe = StudioPipeline(**components, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
+    if hasattr(shared, _OFFLOAD_DEVICE):
+        setattr(pipe, _OFFLOAD_DEVICE, getattr(shared, _OFFLOAD_DEVICE))
     return pipe
 
 
@@ -172,3 +341,75 @@ def pipeline_spec(pipe: Pipeline) -> ModelSpec:
         unet=pipe.unet.config,
         vae=pipe.vae.config,
     )
+
+
+# --- VAE tiling ---------------------------------------------------------------------------
+
+VAE_TILING = ("off", "on", "auto")
+# Peak bytes of one VAE decode, beyond its weights, per output pixel, per channel of the
+# decoder's last block and per byte of its dtype. SD's VAE (128 channels; SD 1.x, 2.x and SDXL
+# share its decoder) measured 5187, 4182 and 3977 bytes a pixel in float32 at 256, 384 and
+# 512 pixels a side (peak RSS on the CPU), the fixed part shrinking with size: 7.8 per
+# channel and dtype byte, rounded up.
+DECODE_BYTES = 8
+
+
+def tiling_for(pipe: Pipeline, mode: str, *, batch_size: int, width: int, height: int) -> bool:
+    """Whether a run's VAE decodes in tiles: ``on`` and ``off`` as they say; ``auto`` when
+    decoding the batch at once would not fit the memory available on the pipeline's device
+    now (``decode_bytes`` against ``available_bytes``). Tiling changes the pixels, so a
+    recipe records the answer."""
+    if mode not in VAE_TILING:
+        raise ValueError(f"VAE tiling must be one of {', '.join(VAE_TILING)}, not {mode!r}")
+    if mode != "auto":
+        return mode == "on"
+    needed = decode_bytes(pipe, batch_size=batch_size, width=width, height=height)
+    return needed > available_bytes(execution_device(pipe))
+
+
+def decode_bytes(pipe: Pipeline, *, batch_size: int, width: int, height: int) -> int:
+    """The estimated peak of decoding a batch in one piece (``DECODE_BYTES``). SDXL's VAE
+    decodes in float32 when the model runs in float16 (``previews.vae_decode``)."""
+    vae = pipe.vae
+    upcast = (isinstance(pipe, StableDiffusionXLPipeline) and vae.dtype == torch.float16
+              and vae.config.force_upcast)
+    item = 4 if upcast else vae.dtype.itemsize
+    channels = vae.config.block_out_channels[0]
+    return DECODE_BYTES * channels * item * batch_size * width * height
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory a decode may take now: on CUDA, the free memory and what torch's allocator
+    holds unused; elsewhere, the RAM Linux counts available (MemAvailable), within the room
+    a cgroup v2 limit (a container's) leaves beside all but reclaimable file cache."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+        meminfo = dict(line.split(":", 1) for line in lines)
+        available = int(meminfo["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):  # not Linux
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    cgroup = Path("/sys/fs/cgroup")
+    try:
+        stat = dict(line.split() for line in (cgroup / "memory.stat").read_text().splitlines())
+        room = (int((cgroup / "memory.max").read_text()) + int(stat["inactive_file"])
+                - int((cgroup / "memory.current").read_text()))
+    except (OSError, KeyError, ValueError):  # no cgroup v2, or no limit ("max")
+        return available
+    return min(available, room)
+
+
+@contextmanager
+def decode_in_tiles(pipe: Pipeline, tiled: bool) -> Iterator[None]:
+    """The VAE decodes in overlapping tiles during a run (diffusers' ``enable_tiling``, which
+    tiles only latents larger than a tile, ``tile_latent_min_size`` a side). The VAE is
+    shared: tiling is switched off after the run; a worker runs one job at a time."""
+    if tiled:
+        pipe.vae.enable_tiling()
+    try:
+        yield
+    finally:
+        if tiled:
+            pipe.vae.disable_tiling()

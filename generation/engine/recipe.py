@@ -118,6 +118,9 @@ class Recipe:
     dtype: str | None = None
     device: str | None = None
     threads: int | None = None
+    # Whether the VAE decoded in tiles, which changes the pixels: the worker decides
+    # (STUDIO_VAE_TILING) unless the recipe says, as a reproduction's does.
+    vae_tiling: bool | None = None
     versions: Versions | None = field(default=None)
 
     @property
@@ -155,6 +158,7 @@ class Recipe:
             "dtype": self.dtype,
             "device": self.device,
             "threads": self.threads,
+            "vae_tiling": self.vae_tiling,
             "versions": None
             if self.versions is None
             else {
@@ -246,6 +250,7 @@ _SCALARS = (
     "dtype",
     "device",
     "threads",
+    "vae_tiling",
 )
 
 
@@ -320,6 +325,8 @@ def check_numbers(recipe: Recipe, limits: ModelLimits) -> dict[str, str]:
         errors["dtype"] = f"must be one of {', '.join(DTYPES)}, not {shown(recipe.dtype)}"
     if recipe.device is not None and recipe.device not in DEVICES:
         errors["device"] = f"must be one of {', '.join(DEVICES)}, not {shown(recipe.device)}"
+    if recipe.vae_tiling is not None and not isinstance(recipe.vae_tiling, bool):
+        errors["vae_tiling"] = f"must be true, false or null, not {shown(recipe.vae_tiling)}"
     errors.update(_lora_errors(recipe.loras))
     return errors
 

@@ -14,7 +14,17 @@ from PIL import Image
 from .checkpoints import is_single_file
 from .comparison import Comparison, compare_images
 from .lora_weights import apply_loras
-from .models import Pipeline, load_pipeline, pipeline_spec, resolve_device, run_view
+from .models import (
+    Pipeline,
+    decode_in_tiles,
+    execution_device,
+    in_use,
+    load_pipeline,
+    pipeline_spec,
+    resolve_device,
+    run_view,
+    tiling_for,
+)
 from .previews import (
     DEFAULT_PREVIEWS,
     DecodedPreview,
@@ -63,17 +73,20 @@ def generate(
     preview: Previews | None = DEFAULT_PREVIEWS,
     lora_files: Mapping[str, Path] | None = None,
     hashes: Callable[[str], str] = weights_hash,
+    vae_tiling: str = "off",
 ) -> Result:
     """Make the recipe's images.
 
     ``lora_files`` maps the name of each LoRA the recipe names to its file. ``hashes(source)``
     gives the sha256 of a model's weights or a LoRA's file (``weights_hash`` by default):
     Studio's worker passes its database-kept lookup, so a checkpoint of gigabytes is not
-    hashed again in every new worker process.
+    hashed again in every new worker process. ``vae_tiling`` (off, on, auto: ``tiling_for``)
+    decides whether the VAE decodes in tiles, unless the recipe says (``_tiled``).
 
     1. Load the pipeline unless given, validate the recipe against it and check that the
        weights and the LoRAs' files are the ones the recipe names; apply the LoRAs.
-    2. Resolve what only this run knows: the scheduler, device, dtype, threads, versions.
+    2. Resolve what only this run knows: the scheduler, device, dtype, threads, versions,
+       VAE tiling. The shared pipeline is marked in use throughout (``models.in_use``).
     3. Draw the initial noise and run the stock pipeline; after each step the callback reports
        ``on_step(step, total, preview, elapsed)`` and checks ``should_cancel()``. The preview
        is a StepPreview: its ``render()`` gives the picture's bytes. ``on_step`` runs on the
@@ -86,31 +99,50 @@ def generate(
         device, dtype = resolve_device(recipe.device or "auto")
         pipeline = load_pipeline(recipe.model.source, device=device, dtype=dtype)
     loaded = time.perf_counter()
-    spec = pipeline_spec(pipeline)
-    validate_recipe(recipe, spec)
-    recipe = _with_checked_hashes(recipe, spec.family, lora_files or {}, hashes)
-    apply_loras(pipeline, [(lora.name, (lora_files or {})[lora.name], lora.hash, lora.weight)
-                           for lora in recipe.loras])
-    pipe = _run_pipeline(recipe, pipeline)
-    recipe = _resolved(recipe, pipe)
-    stepper = _Stepper(recipe, on_step, should_cancel, preview, _latent_rgb(recipe, pipe, preview))
-    if should_cancel is not None and should_cancel():
-        return Result(
-            images=[], recipes=[], timings=stepper.timings(loaded - started), canceled=True
+    with in_use(pipeline):
+        spec = pipeline_spec(pipeline)
+        validate_recipe(recipe, spec)
+        recipe = _with_checked_hashes(recipe, spec.family, lora_files or {}, hashes)
+        apply_loras(pipeline, [(lora.name, (lora_files or {})[lora.name], lora.hash, lora.weight)
+                               for lora in recipe.loras])
+        pipe = _run_pipeline(recipe, pipeline)
+        recipe = _resolved(_tiled(recipe, pipeline, vae_tiling), pipe)
+        stepper = _Stepper(
+            recipe, on_step, should_cancel, preview, _latent_rgb(recipe, pipe, preview)
         )
-    with pinned_threads(recipe.threads):
-        latents = _denoise(pipe, recipe, stepper)
-        if stepper.canceled:
+        if should_cancel is not None and should_cancel():
             return Result(
                 images=[], recipes=[], timings=stepper.timings(loaded - started), canceled=True
             )
-        decode_started = time.perf_counter()
-        images = _decode(pipe, latents)
+        tiled = getattr(recipe, "vae_tiling", False)  # decided by now (_tiled)
+        with pinned_threads(recipe.threads), decode_in_tiles(pipe, tiled):
+            latents = _denoise(pipe, recipe, stepper)
+            if stepper.canceled:
+                return Result(
+                    images=[], recipes=[], timings=stepper.timings(loaded - started),
+                    canceled=True,
+                )
+            decode_started = time.perf_counter()
+            images = _decode(pipe, latents)
     timings = stepper.timings(loaded - started)
     timings["decode"] = time.perf_counter() - decode_started
     timings["total"] = time.perf_counter() - started
     recipes = [recipe.with_batch_index(i) for i in range(recipe.batch_size)]
     return Result(images=images, recipes=recipes, timings=timings)
+
+
+# Whether this Studio's recipes have the field that records VAE tiling (engine/recipe.py).
+def _tiled(recipe: Recipe, shared: Pipeline, mode: str) -> Recipe:
+    """The recipe with whether its VAE decodes in tiles, which changes the pixels: as it
+    says (a reproduction's; a recipe that ran before recipes recorded tiling did not tile),
+    else as the worker's ``mode`` decides for its size."""
+    tiled = recipe.vae_tiling
+    if tiled is None and recipe.versions is not None:
+        tiled = False
+    if tiled is None:
+        tiled = tiling_for(shared, mode, batch_size=recipe.batch_size, width=recipe.width,
+                           height=recipe.height)
+    return replace(recipe, vae_tiling=tiled)
 
 
 def _with_checked_hashes(
@@ -159,7 +191,7 @@ def _resolved(recipe: Recipe, pipe: Pipeline) -> Recipe:
         recipe,
         scheduler=scheduler_ref(pipe.scheduler),
         dtype=str(weight.dtype).removeprefix("torch."),
-        device=weight.device.type,
+        device=execution_device(pipe).type,
         threads=recipe.threads or torch.get_num_threads(),
         versions=Versions.current(),
     )

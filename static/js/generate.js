@@ -250,8 +250,10 @@
       statusText.textContent = queuedText(job.queue_position);
     } else if (job.status === "running") {
       // A worker loading the job's model says so first: a real model takes seconds.
+      // Every few seconds while it loads, the worker says for how long it has.
+      const seconds = job.loading_seconds ? ` ${job.loading_seconds} s` : "";
       statusText.textContent = job.loading_model
-        ? `Loading the model “${job.loading_model}”…` : `Step ${job.step} of ${job.total}`;
+        ? `Loading the model “${job.loading_model}”…${seconds}` : `Step ${job.step} of ${job.total}`;
     } else {
       current.finished = true;
       cancelButton.hidden = true;

@@ -31,6 +31,7 @@ RECIPE_KEYS = {
     "dtype",
     "device",
     "threads",
+    "vae_tiling",
     "versions",
 }
 
@@ -50,6 +51,7 @@ def test_a_generated_recipe_has_exactly_the_design_keys(make_recipe, tiny_pipeli
     )
     assert set(data["versions"]) == {"studio", "torch", "diffusers"}
     assert (data["dtype"], data["device"], data["threads"]) == ("float32", "cpu", 1)
+    assert data["vae_tiling"] is False
 
 
 def test_it_round_trips_through_json(make_recipe, tiny_pipeline):
