@@ -29,6 +29,8 @@ from .services import GalleryError
 
 log = logging.getLogger(__name__)
 
+LORA_TAG = "<lora:"
+
 
 class ReproduceRefused(GalleryError):
     """This recipe cannot be reproduced here; the message says why."""
@@ -84,6 +86,13 @@ def a1111_recipe(fields: dict) -> dict:
     `cfg_scale`; the others they hold, such as `model_hash`, the request ignores. Their
     hash is A1111's first 10 hex digits, which the worker cannot check against the weights,
     so the server's own hash must be known already."""
+    if LORA_TAG in fields.get("prompt", ""):
+        raise ReproduceRefused(
+            "This image was made with LoRAs (a <lora:…> tag in its prompt). A1111's parameters "
+            "name each LoRA by a short hash that cannot tell this server's files apart, so the "
+            "same pixels cannot be promised; Studio's own PNGs record each LoRA's file. Remix "
+            "it instead."
+        )
     name = fields.get("model", "")
     if not _server_model(name, fields.get("model_hash", "")).hash:
         raise ReproduceRefused(

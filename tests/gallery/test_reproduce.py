@@ -159,20 +159,25 @@ def test_a_reproductions_state_is_for_who_asked(tiny_image, as_viewer, viewer, s
     assert as_viewer(viewer).get(url).status_code == status
 
 
-def test_an_a1111_import_of_a_known_model_reproduces(settings, tmp_path, tiny, as_viewer):
-    settings.MEDIA_ROOT = tmp_path
-    # The server knows its weights' hash: a worker or `manage.py models` hashed them.
-    model_hash = registry.weights_hash(registry.models()[tiny])[:10]
-    text = (f"red circle\nSteps: 3, Sampler: Euler a, CFG scale: 2, Seed: 9, Size: 32x32, "
-            f"Model hash: {model_hash}, Model: {tiny}")
+def import_a1111(client, prompt: str, model_hash: str, model: str) -> str:
+    """Upload a PNG carrying only A1111 parameters; the import page's URL."""
+    text = (f"{prompt}\nSteps: 3, Sampler: Euler a, CFG scale: 2, Seed: 9, Size: 32x32, "
+            f"Model hash: {model_hash}, Model: {model}")
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", text)
     buffer = io.BytesIO()
     PILImage.new("RGB", (32, 32)).save(buffer, "PNG", pnginfo=info)
-    client = as_viewer("alice")
     page = client.post(reverse("import_upload"),
                        {"image": SimpleUploadedFile("a.png", buffer.getvalue())})
-    client.post(page["Location"] + "reproduce/")
+    return page["Location"]
+
+
+def test_an_a1111_import_of_a_known_model_reproduces(settings, tmp_path, tiny, as_viewer):
+    settings.MEDIA_ROOT = tmp_path
+    # The server knows its weights' hash: a worker or `manage.py models` hashed them.
+    model_hash = registry.weights_hash(registry.models()[tiny])[:10]
+    client = as_viewer("alice")
+    client.post(import_a1111(client, "red circle", model_hash, tiny) + "reproduce/")
     job = Reproduction.objects.get().job
     assert (job.recipe["seed"], job.recipe["sampler"], job.recipe["steps"]) == (9, "Euler a", 3)
     assert job.recipe["guidance_scale"] == 2.0 and job.recipe["model"]["name"] == tiny
@@ -181,17 +186,22 @@ def test_an_a1111_import_of_a_known_model_reproduces(settings, tmp_path, tiny, a
 def test_an_a1111_import_waits_for_the_server_to_know_its_hash(settings, tmp_path, tiny,
                                                                 tiny_model, as_viewer):
     settings.MEDIA_ROOT = tmp_path
-    text = (f"red circle\nSteps: 3, Sampler: Euler a, CFG scale: 2, Seed: 9, Size: 32x32, "
-            f"Model hash: {engine.weights_hash(tiny_model)[:10]}, Model: {tiny}")
-    info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", text)
-    buffer = io.BytesIO()
-    PILImage.new("RGB", (32, 32)).save(buffer, "PNG", pnginfo=info)
     client = as_viewer("alice")
-    page = client.post(reverse("import_upload"),
-                       {"image": SimpleUploadedFile("a.png", buffer.getvalue())})
-    answer = client.post(page["Location"] + "reproduce/", follow=True).content.decode()
+    page = import_a1111(client, "red circle", engine.weights_hash(tiny_model)[:10], tiny)
+    answer = client.post(page + "reproduce/", follow=True).content.decode()
     assert "This server has not hashed the weights of “tiny” yet" in answer
+    assert not Reproduction.objects.exists()
+
+
+def test_an_a1111_import_made_with_loras_is_not_promised_the_same_pixels(
+    settings, tmp_path, tiny, as_viewer
+):
+    settings.MEDIA_ROOT = tmp_path
+    model_hash = registry.weights_hash(registry.models()[tiny])[:10]
+    client = as_viewer("alice")
+    page = import_a1111(client, "red circle <lora:ink:0.5>", model_hash, tiny)
+    answer = client.post(page + "reproduce/", follow=True).content.decode()
+    assert "This image was made with LoRAs" in answer
     assert not Reproduction.objects.exists()
 
 
