@@ -88,7 +88,7 @@ def _cache_dir() -> Path:
 def _code_version() -> str:
     """The resolving code and diffusers' version: a change to either resolves again."""
     digest = hashlib.sha256(metadata.version("diffusers").encode())
-    for name in ("samplers.py", "schedules.py"):
+    for name in ("samplers.py", "sampler_names.py", "schedules.py"):
         digest.update((Path(__file__).with_name(name)).read_bytes())
     return digest.hexdigest()
 
