@@ -20,20 +20,21 @@ ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct-horse-battery-staple"
 
 
-# What makes a test slow: a server, a worker or another process of its own, a browser, or the
-# real demo model. These fixtures bring one (the generic `server` and `worker` are test_stall's,
-# test_live_leaks's and test_batch_privacy's), and so does a test that uses these names itself.
+# What makes a test slow: a server, a worker or another process of its own, a browser, the
+# real demo model, or a model of every family (SDXL's included). These fixtures bring one (the
+# generic `server` and `worker` are test_stall's, test_live_leaks's and test_batch_privacy's),
+# and so does a test that uses these names itself.
 SLOW_FIXTURES = frozenset({
     "studio_server", "socket_server", "server", "celery_worker", "module_worker", "worker",
-    "browser", "demo_pipeline",
+    "browser", "demo_pipeline", "family_models",
 })
 SLOW_NAMES = frozenset({"LiveServer", "ServerProcess", "Worker", "subprocess"})
 
 
 def pytest_collection_modifyitems(items):
     """Mark `slow` every test that starts a live server, a worker or another process, or a
-    browser, or runs the demo model, so `make test-fast` (-m "not slow") runs the rest: the
-    engine on the tiny model, recipes, services and views."""
+    browser, or runs the demo model or builds every family's models, so `make test-fast`
+    (-m "not slow") runs the rest: the engine on the tiny model, recipes, services and views."""
     for item in items:
         function = getattr(item, "function", None)
         names = names_used(function.__code__) if function else set()
