@@ -8,6 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# It runs the script in a process of its own (from a helper, which conftest's name check
+# does not see).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "benchmarks" / "model_sizes.py"
 MEMORY_KEYS = {"ru_maxrss", "vm_hwm", "vm_rss", "rss_anon", "rss_file"}
