@@ -189,8 +189,13 @@ def _finish(job: Job, result, frames: list[dict]) -> list | None:
     a new one. The finish is one transaction, so the failed try left nothing behind but, at
     most, an unreferenced file."""
 
+    # What A1111 writes for each LoRA, read from the files (which only a worker has): the
+    # batch shares its LoRAs, so once for the job.
+    files = _lora_files(result.recipes[0]) if result.recipes else {}
+    lora_hashes = {name: engine.a1111_hash(path) for name, path in files.items()}
+
     def finish() -> list | None:
-        outputs = [_output_fields(image, recipe, frames)
+        outputs = [_output_fields(image, recipe, frames, lora_hashes)
                    for image, recipe in zip(result.images, result.recipes, strict=True)
                    if job.shows(recipe.batch_index)]
         # Each output carries its own frames (Output.trajectory).
@@ -212,10 +217,8 @@ def _stopped(job: Job) -> str:
     return "superseded"
 
 
-def _output_fields(image, recipe, frames: list[dict]) -> dict:
+def _output_fields(image, recipe, frames: list[dict], lora_hashes: dict[str, str]) -> dict:
     index = recipe.batch_index
-    # What A1111 writes for each LoRA: read from the files, which only a worker has.
-    lora_hashes = {name: engine.a1111_hash(path) for name, path in _lora_files(recipe).items()}
     png = engine.png_with_recipe(image, recipe, lora_hashes)
     return {
         "index": index,

@@ -95,6 +95,7 @@ def generate(
     4. Unless canceled, decode the latents: one image and one recipe per batch index.
     """
     started = time.perf_counter()
+    lora_files = lora_files or {}
     if pipeline is None:
         device, dtype = resolve_device(recipe.device or "auto")
         pipeline = load_pipeline(recipe.model.source, device=device, dtype=dtype)
@@ -102,8 +103,8 @@ def generate(
     with in_use(pipeline):
         spec = pipeline_spec(pipeline)
         validate_recipe(recipe, spec)
-        recipe = _with_checked_hashes(recipe, spec.family, lora_files or {}, hashes)
-        apply_loras(pipeline, [(lora.name, (lora_files or {})[lora.name], lora.hash, lora.weight)
+        recipe = _with_checked_hashes(recipe, spec.family, lora_files, hashes)
+        apply_loras(pipeline, [(lora.name, lora_files[lora.name], lora.hash, lora.weight)
                                for lora in recipe.loras])
         pipe = _run_pipeline(recipe, pipeline)
         recipe = _resolved(_tiled(recipe, pipeline, vae_tiling), pipe)

@@ -165,10 +165,9 @@ def test_a_forked_child_disowns_the_parents_connections_and_pool():
     assert connection.alias in pools
 
 
-def test_diffusers_stops_and_hands_the_callback_its_tensors(tiny_pipeline):
-    """generation/engine/sampling.py (`interrupt`) and engine/models.py (StudioPipeline's
-    `_callback_tensor_inputs`): a step callback can stop the loop, and can read the locals
-    `noise_pred` and `latent_model_input` of the stock pipeline's loop by name."""
+def tensors_until_interrupted(pipe, prompt: str) -> list[dict]:
+    """The shapes of `noise_pred` and `latent_model_input` a step callback reads by name, step
+    by step, until it stops the loop after its second step."""
     seen = []
 
     def callback(pipe, i, t, tensors):
@@ -177,12 +176,20 @@ def test_diffusers_stops_and_hands_the_callback_its_tensors(tiny_pipeline):
             interrupt(pipe)
         return {}
 
-    tiny_pipeline.set_progress_bar_config(disable=True)
-    tiny_pipeline(
-        prompt="red circle", num_inference_steps=6, height=32, width=32, guidance_scale=3.0,
+    pipe.set_progress_bar_config(disable=True)
+    pipe(
+        prompt=prompt, num_inference_steps=6, height=32, width=32, guidance_scale=3.0,
         output_type="latent", callback_on_step_end=callback,
         callback_on_step_end_tensor_inputs=["noise_pred", "latent_model_input"],
     )
+    return seen
+
+
+def test_diffusers_stops_and_hands_the_callback_its_tensors(tiny_pipeline):
+    """generation/engine/sampling.py (`interrupt`) and engine/models.py (StudioPipeline's
+    `_callback_tensor_inputs`): a step callback can stop the loop, and can read the locals
+    `noise_pred` and `latent_model_input` of the stock pipeline's loop by name."""
+    seen = tensors_until_interrupted(tiny_pipeline, "red circle")
     latent = (1, 4, 8, 8)
     assert seen == [{"noise_pred": latent, "latent_model_input": (2, 4, 8, 8)}] * 2
 
@@ -190,18 +197,5 @@ def test_diffusers_stops_and_hands_the_callback_its_tensors(tiny_pipeline):
 def test_sdxl_hands_the_step_callback_its_tensors_and_stops(family_pipeline):
     """generation/engine/models.py (StudioXLPipeline's `_callback_tensor_inputs`) and
     sampling.py (`interrupt`): SDXL's loop has the locals previews read, by name."""
-    seen = []
-
-    def callback(pipe, i, t, tensors):
-        seen.append({name: tuple(tensor.shape) for name, tensor in tensors.items()})
-        if i == 1:
-            interrupt(pipe)
-        return {}
-
-    pipe = family_pipeline("sdxl")
-    pipe(
-        prompt="a red circle", num_inference_steps=6, height=32, width=32, guidance_scale=3.0,
-        output_type="latent", callback_on_step_end=callback,
-        callback_on_step_end_tensor_inputs=["noise_pred", "latent_model_input"],
-    )
+    seen = tensors_until_interrupted(family_pipeline("sdxl"), "a red circle")
     assert seen == [{"noise_pred": (1, 4, 16, 16), "latent_model_input": (2, 4, 16, 16)}] * 2
