@@ -13,7 +13,7 @@ Recipes (``recipe.py``, ``validation.py``)
                                                against the model's own (check_scheduler)
     RecipeError, DEFAULT_SAMPLER, DEFAULT_GUIDANCE, DEFAULT_STEPS, SEED_MAX, MAX_BATCH
 
-Models (``families.py``, ``checkpoints.py``, ``specs.py``, ``models.py``)
+Models (``families.py``, ``checkpoints.py``, ``specs.py``, ``models.py``, ``vae_tiling.py``)
     A source is a diffusers folder, a hub id, or one ``.safetensors`` checkpoint in the
     original SD layout (SD 1.x, 2.x, SDXL base; configs shipped, or named by a
     ``<stem>.studio.json`` beside it); ``.ckpt`` pickles are refused unopened.

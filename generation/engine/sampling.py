@@ -16,14 +16,12 @@ from .comparison import Comparison, compare_images
 from .lora_weights import apply_loras
 from .models import (
     Pipeline,
-    decode_in_tiles,
     execution_device,
     in_use,
     load_pipeline,
     pipeline_spec,
     resolve_device,
     run_view,
-    tiling_for,
 )
 from .previews import (
     DEFAULT_PREVIEWS,
@@ -41,6 +39,7 @@ from .recipe import Recipe, Versions
 from .samplers import make_scheduler, scheduler_from_ref, scheduler_ref
 from .seeds import generators, initial_noise
 from .specs import model_dir, weights_hash
+from .vae_tiling import decode_in_tiles, tiling_for
 from .validation import validate_recipe
 
 OnStep = Callable[[int, int, StepPreview | None, float], None]

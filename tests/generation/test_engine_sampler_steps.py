@@ -1,6 +1,7 @@
 """Every sampler draws an image, not noise, at 10 steps with guidance, on the demo model (in
-float32 and in bfloat16, as a GPU runs it) and on the tiny test model (docs/engine.md,
-"Second-order samplers on a zero-terminal-SNR schedule").
+float32 and in bfloat16, as a GPU runs it), on the tiny test model, and on tiny SD 2.x
+(v-prediction) and SDXL models (docs/engine.md, "Second-order samplers on a zero-terminal-SNR
+schedule").
 
 Each run is the stock pipeline with the scheduler ``make_scheduler`` builds and the engine's
 generators; ``test_engine_stock.py`` shows the engine's images are that pipeline's. The measure
@@ -11,7 +12,6 @@ bfloat16, Heun), while every working sampler stays within 0.7 and 2.2 of the ref
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 
 from generation import engine
 from generation.demo_model.architecture import sampling_scheduler
@@ -20,7 +20,7 @@ from generation.engine.samplers import SECOND_ORDER_IN_SIGMA, scheduler_from_ref
 from generation.engine.schedules import check_scheduler
 from generation.engine.seeds import generators
 
-from .conftest import DEMO_WEIGHTS
+from .conftest import DEMO_WEIGHTS, stock_class
 
 STEPS = 10
 GUIDANCE = 3.0
@@ -36,9 +36,11 @@ _references: dict[tuple, torch.Tensor] = {}
 
 def final_latents(pipeline, sampler: str, prompt: str, seed: int, steps: int) -> torch.Tensor:
     scheduler = engine.make_scheduler(sampler, dict(pipeline.scheduler.config), seed)
-    view = StableDiffusionPipeline(
-        **{**pipeline.components, "scheduler": scheduler}, requires_safety_checker=False
-    )
+    family = "sdxl" if isinstance(pipeline, engine.StudioXLPipeline) else "sd1"
+    components = {**pipeline.components, "scheduler": scheduler}
+    if family == "sd1":
+        components["requires_safety_checker"] = False
+    view = stock_class(family)(**components)
     view.set_progress_bar_config(disable=True)
     size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
     return view(
@@ -83,6 +85,13 @@ def test_every_sampler_denoises_the_tiny_model_at_10_steps(sampler, tiny_pipelin
 @pytest.mark.parametrize("sampler", list(engine.SAMPLERS))
 def test_every_sampler_denoises_the_demo_model_at_10_steps(sampler, demo_pipeline):
     assert_denoised(demo_pipeline, sampler, DEMO_CASES)
+
+
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+def test_every_sampler_denoises_sd2_and_sdxl_models_at_10_steps(family, family_pipeline):
+    pipeline = family_pipeline(family)
+    for sampler in engine.SAMPLERS:
+        assert_denoised(pipeline, sampler, TINY_CASES[:1])
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from generation import broadcast, engine, recipes, registry, runner, services
-from generation.engine import models
+from generation.engine import models, vae_tiling
 
 CPU = torch.device("cpu")
 F32 = torch.float32
@@ -190,20 +190,21 @@ def test_a_reproduction_tiles_as_its_recipe_says_whatever_the_worker_would(copie
 
 def test_auto_tiles_only_a_decode_that_would_not_fit(copies, family_models):
     pipe = load(copies[0])
-    free = models.available_bytes(CPU)
+    free = vae_tiling.available_bytes(CPU)
     assert free > 0
     size = {"batch_size": 1, "width": 64, "height": 64}
-    assert models.decode_bytes(pipe, **size) < free
-    assert not models.tiling_for(pipe, "auto", **size)
+    assert vae_tiling.decode_bytes(pipe, **size) < free
+    assert not vae_tiling.tiling_for(pipe, "auto", **size)
     huge = {"batch_size": 8, "width": 1 << 20, "height": 1 << 20}
-    assert models.decode_bytes(pipe, **huge) > free
-    assert models.tiling_for(pipe, "auto", **huge)
-    assert models.tiling_for(pipe, "on", **size) and not models.tiling_for(pipe, "off", **huge)
+    assert vae_tiling.decode_bytes(pipe, **huge) > free
+    assert vae_tiling.tiling_for(pipe, "auto", **huge)
+    assert vae_tiling.tiling_for(pipe, "on", **size)
+    assert not vae_tiling.tiling_for(pipe, "off", **huge)
     # Eight bytes a pixel per channel of the last block and byte of the dtype: SD's VAE
     # (128 channels) in float32 takes 4 kB a pixel.
-    assert models.decode_bytes(pipe, **size) == 8 * 4 * 4 * 64 * 64
+    assert vae_tiling.decode_bytes(pipe, **size) == 8 * 4 * 4 * 64 * 64
     with pytest.raises(ValueError, match="must be one of off, on, auto"):
-        models.tiling_for(pipe, "sometimes", **size)
+        vae_tiling.tiling_for(pipe, "sometimes", **size)
 
 
 # --- Settings -----------------------------------------------------------------------------
