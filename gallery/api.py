@@ -9,7 +9,9 @@ from django.http import FileResponse, Http404, HttpRequest
 from django.urls import reverse
 from ninja import Field, Query, Router, Schema
 
+from generation import inputs
 from generation.engine import SEED_MAX
+from generation.models import InputImage
 from studio.api import (
     COMMON_ERRORS,
     ApiError,
@@ -51,6 +53,9 @@ class ImageOut(Schema):
 class ImageDetail(ImageOut):
     recipe: dict = Field(description="The recipe that reproduces this image "
                                "(docs/architecture.md §4).")
+    init_image_url: str | None = Field(description="The input image it was made from (image "
+                                       "to image); null for text to image.")
+    mask_url: str | None = Field(description="The mask it was inpainted with, or null.")
 
 
 class ImagePage(Schema):
@@ -131,7 +136,19 @@ def image_list(request: HttpRequest, filters: Query[ImageFilters]):
 @router.get("/images/{image_id}", response={200: ImageDetail, 404: Errors, **COMMON_ERRORS})
 def image_detail(request: HttpRequest, image_id: UUID):
     image = _image(request, image_id)
-    return {**image_out(image, viewer=request.auth), "recipe": image.output.recipe}
+    return {**image_out(image, viewer=request.auth), "recipe": image.output.recipe,
+            **input_links(image)}
+
+
+def input_links(image: Image) -> dict[str, str | None]:
+    """This API's links to the input image and mask the image was made from, or None."""
+    named = inputs.named_by(image.output.recipe)
+    return {key: reverse(name, args=[image.pk]) if kind in named else None
+            for kind, (key, name) in INPUT_LINKS.items()}
+
+
+INPUT_LINKS = {InputImage.Kind.IMAGE: ("init_image_url", "api:image_input"),
+               InputImage.Kind.MASK: ("mask_url", "api:image_mask")}
 
 
 @router.patch("/images/{image_id}", response={200: ImageDetail, 404: Errors, **COMMON_ERRORS},
@@ -162,7 +179,34 @@ def image_file(request: HttpRequest, image_id: UUID):
     """The image's PNG, with its recipe in its metadata. Also reachable without a token
     through a signed link (`?signature=`), as the OpenAI-compatible `url` answers give."""
     image = _image(request, image_id)
-    response = FileResponse(image.output.image.open("rb"), content_type="image/png")
+    return _png(image, image.output.image)
+
+
+def _png(image: Image, file) -> FileResponse:
+    response = FileResponse(file.open("rb"), content_type="image/png")
     response["Cache-Control"] = ("public, max-age=300" if image.is_public
                                  else "private, max-age=300")
     return response
+
+
+@router.get("/images/{image_id}/input", url_name="image_input", summary="Its input image",
+            response={404: Errors, **COMMON_ERRORS}, openapi_extra={"responses": PNG_RESPONSE})
+def image_input(request: HttpRequest, image_id: UUID):
+    """The input image this image was made from (image to image), as stored: whoever may
+    see the image may see it. 404 for an image made from none."""
+    return _input(request, image_id, InputImage.Kind.IMAGE)
+
+
+@router.get("/images/{image_id}/mask", url_name="image_mask", summary="Its mask",
+            response={404: Errors, **COMMON_ERRORS}, openapi_extra={"responses": PNG_RESPONSE})
+def image_mask(request: HttpRequest, image_id: UUID):
+    """The mask this image was inpainted with, white where it was repainted."""
+    return _input(request, image_id, InputImage.Kind.MASK)
+
+
+def _input(request: HttpRequest, image_id: UUID, kind: str) -> FileResponse:
+    image = _image(request, image_id)
+    found = inputs.of_output(image.output, kind)
+    if found is None:
+        raise Http404
+    return _png(image, found.file)

@@ -18,6 +18,7 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from generation import engine
+from generation.engine.inputs import DEFAULT_HIRES_STRENGTH
 from generation.engine.pngmeta import MAX_PARAMETERS_CHARS
 
 from .limits import UploadTooLarge, check_cap
@@ -190,7 +191,18 @@ def import_recipe(imported: PngImport) -> dict:
         "subseed_strength": fields.get("subseed_strength", 0.0),
         "width": fields.get("width"),
         "height": fields.get("height"),
+        "hires": a1111_hires(fields),
     }
+
+
+def a1111_hires(fields: dict) -> dict | None:
+    """The hires fix A1111's parameters record, in the recipe's shape: its "Denoising
+    strength" is the second pass's when there is a "Hires upscale"."""
+    if fields.get("hires_scale") is None:
+        return None
+    return {"scale": fields["hires_scale"], "steps": fields.get("hires_steps", 0),
+            "strength": fields.get("denoising_strength", DEFAULT_HIRES_STRENGTH),
+            "upscaler": fields.get("hires_upscaler", "Latent")}
 
 
 def import_delete(*, imported: PngImport, actor) -> None:

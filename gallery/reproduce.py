@@ -11,21 +11,26 @@ The batch's other images are made too (an image's pixels depend on its batch) bu
 leave the worker: the job reveals only the original's place in it (Job.reveals), so whoever
 asked gets that one image, its previews and its frames, and nothing of its siblings, which
 may be private to someone else.
+
+An image made from an input image (and mask) is re-run from the same ones, found by the
+recipe's hashes among the original job's inputs, and stored for whoever reproduces it: the
+reproduction is refused, saying so, when one is gone.
 """
 
+import hashlib
 import logging
 from dataclasses import replace
 
 from django.db import transaction
 from PIL import Image as PILImage
 
-from generation import engine, recipes, registry
-from generation.models import Job
+from generation import engine, inputs, recipes, registry
+from generation.models import InputImage, Job
 from generation.services import job_submit
 
 from .imports import import_recipe
 from .models import Image, PngImport, Reproduction
-from .services import GalleryError
+from .services import GalleryError, visible_images
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +105,13 @@ def a1111_recipe(fields: dict) -> dict:
             "whether they are the ones this image was made with. Try again after the server "
             "has made an image with this model."
         )
-    params = {**fields, "guidance_scale": fields.get("cfg_scale"), "batch_size": 1}
+    if fields.get("denoising_strength") is not None and fields.get("hires_scale") is None:
+        raise ReproduceRefused(
+            "This image was made from an input image (A1111's img2img or inpainting), which "
+            "its parameters do not hold, so the same pixels cannot be made again here."
+        )
+    params = {**fields, "guidance_scale": fields.get("cfg_scale"), "batch_size": 1,
+              "hires_strength": fields.get("denoising_strength")}
     try:
         return recipes.recipe_from_params(params)
     except recipes.Refused as exc:
@@ -118,17 +129,52 @@ def reproduction_start(*, user, image: Image | None = None,
     if image is not None:
         recipe = image.output.recipe
         job_recipe = studio_recipe(recipe)
+        sent = input_files(recipe, image.output.job.inputs.all())
     elif imported.recipe:
         recipe = imported.recipe
         job_recipe = studio_recipe(recipe)
+        sent = input_files(recipe, usable_inputs(user, recipe))
     else:
         recipe = import_recipe(imported)
         job_recipe = a1111_recipe(imported.fields)
+        sent = []
     with transaction.atomic():
-        job = job_submit(user=user, recipe=job_recipe, reveals=recipe.get("batch_index", 0))
+        job = job_submit(user=user, recipe=job_recipe, reveals=recipe.get("batch_index", 0),
+                         inputs=sent)
         return Reproduction.objects.create(
             job=job, image=image, imported=imported, batch_index=job.reveals
         )
+
+
+def usable_inputs(user, recipe: dict) -> list[InputImage]:
+    """The stored inputs an imported recipe names that `user` may use: their own, or those
+    of an image they may see (whoever may see an output may see its inputs). A hash alone
+    opens nothing: anyone can write one into a file."""
+    named = list(inputs.named_by(recipe).values())
+    own = InputImage.objects.filter(owner=user, sha256__in=named)
+    seen = InputImage.objects.filter(
+        sha256__in=named, jobs__outputs__gallery_image__in=visible_images(user))
+    return list(own) + list(seen.distinct())
+
+
+def input_files(recipe: dict, candidates) -> list[dict]:
+    """The inputs the recipe names, read from the storage and checked against its hashes,
+    as job_submit stores them for the one who reproduces it; ReproduceRefused when one is
+    gone (deleted with its owner's account, or never on this server)."""
+    found = {image.sha256: image for image in candidates}
+    sent = []
+    for kind, sha256 in inputs.named_by(recipe).items():
+        image = found.get(sha256)
+        data = inputs.readable([image]).get(sha256) if image is not None else None
+        if data is None or hashlib.sha256(data).hexdigest() != sha256:
+            what = "input image" if kind == InputImage.Kind.IMAGE else "mask"
+            raise ReproduceRefused(
+                f"The {what} this image was made from (sha256 {sha256[:12]}…) is no longer "
+                "stored on this server, so the same pixels cannot be made again."
+            )
+        sent.append({"png": data, "sha256": sha256, "width": image.width,
+                     "height": image.height, "kind": kind})
+    return sent
 
 
 def reproduction_verify(reproduction: Reproduction) -> None:

@@ -105,7 +105,8 @@ def like_toggle(*, image: Image, user) -> bool:
 
 def remix_query(recipe: dict) -> str:
     """Query parameters that prefill the generate page with a recipe (generation.recipes
-    .form_initial reads them). One image, with its own seed."""
+    .form_initial reads them). One image, with its own seed. An input image is not a query
+    parameter: "Use as input" brings an image to the page."""
     stored = StoredRecipe(recipe)
     fields = {
         "prompt": recipe.get("prompt", ""),
@@ -121,4 +122,8 @@ def remix_query(recipe: dict) -> str:
     if stored.subseed_strength:
         fields["subseed"] = stored.image_subseed
         fields["subseed_strength"] = stored.subseed_strength
+    hires = recipe.get("hires")
+    if isinstance(hires, dict):
+        fields.update({f"hires_{key}": hires.get(key)
+                       for key in ("scale", "steps", "strength", "upscaler")})
     return urlencode({key: value for key, value in fields.items() if value not in ("", None)})

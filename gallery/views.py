@@ -8,6 +8,8 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from generation import inputs
+from generation.models import InputImage
 from generation.services import LimitExceeded
 from studio.services import get_team_for_user, teams_for_user
 
@@ -51,19 +53,41 @@ def image_detail(request, image_id):
         "my_collections": collections.collections_owned(user),
         "reproductions": reproductions_for(user=user, image=image),
         "can_report": user.is_authenticated and not is_owner and image.is_public,
+        # The input image and mask it was made from, or None (image_input below).
+        **inputs.input_urls(image.output),
     }
     return render(request, "gallery/image_detail.html", context)
+
+
+def _png(image, file) -> FileResponse:
+    response = FileResponse(file.open("rb"), content_type="image/png")
+    response["Cache-Control"] = ("public, max-age=300" if image.is_public
+                                 else "private, max-age=300")
+    return response
 
 
 def image_file(request, image_id):
     """The PNG, served only after the visibility check: never from a guessable public path."""
     image = _image_or_404(request, image_id)
-    response = FileResponse(image.output.image.open("rb"), content_type="image/png")
-    response["Cache-Control"] = ("public, max-age=300" if image.is_public
-                                 else "private, max-age=300")
+    response = _png(image, image.output.image)
     if request.GET.get("download"):
         response["Content-Disposition"] = f'attachment; filename="studio-{image.seed}.png"'
     return response
+
+
+def image_input(request, image_id, kind=InputImage.Kind.IMAGE):
+    """The input image (or, as image_mask, the mask) the image was made from. Inputs are
+    private to their owner, but whoever may see an output may see what it was made from
+    (reproducing it needs them): the door is the image's."""
+    image = _image_or_404(request, image_id)
+    found = inputs.of_output(image.output, kind)
+    if found is None:
+        raise Http404
+    return _png(image, found.file)
+
+
+def image_mask(request, image_id):
+    return image_input(request, image_id, kind=InputImage.Kind.MASK)
 
 
 @login_required

@@ -1,11 +1,13 @@
 """An AUTOMATIC1111 txt2img request (generation/compat_a1111.py) in Studio's terms: its schema,
 the fields of features Studio lacks, and the translation to the one request
-(generation/job_request.py) and back for refusals.
+(generation/job_request.py) and back for refusals. img2img builds on it
+(generation/a1111_img2img.py).
 
-A1111 names some of Studio's fields otherwise (FIELDS) and means others otherwise: seeds of -1
-are random, `sampler_name` and `scheduler` together name one Studio sampler, and `batch_size ×
-n_iter` images are one batch. Every other field of the request A1111 shares by name, and
-passes through: a field added to the request is read here too.
+A1111 names some of Studio's fields otherwise (FIELDS, HIRES) and means others otherwise:
+seeds of -1 are random, `sampler_name` and `scheduler` together name one Studio sampler, and
+`batch_size × n_iter` images are one batch. Every other field of the request A1111 shares by
+name, and passes through: a field added to the request is read here too, but the image to
+image ones (IMAGE_FIELDS), which only img2img reads.
 """
 
 import json
@@ -21,7 +23,6 @@ from .job_request import JobRequest, Refused
 
 # Features Studio does not have: what A1111 calls them, and the values that leave them off.
 OFF: dict[str, tuple[str, tuple]] = {
-    "enable_hr": ("Hires fix", (False, None)),
     "restore_faces": ("Face restoration", (False, None)),
     "tiling": ("Tiling", (False, None)),
     "styles": ("Styles", ([], None)),
@@ -52,6 +53,11 @@ SCHEDULERS = {"automatic": "Automatic", "uniform": "Uniform", "karras": "Karras"
 # Studio's recipe fields as A1111's requests name them.
 FIELDS = {"guidance_scale": "cfg_scale", "sampler": "sampler_name",
           "model": "override_settings.sd_model_checkpoint"}
+# The hires fix's fields as txt2img names them (hires_params reads them when `enable_hr`).
+HIRES = {"hires_scale": "hr_scale", "hires_steps": "hr_second_pass_steps",
+         "hires_strength": "denoising_strength", "hires_upscaler": "hr_upscaler"}
+# Image to image: only img2img reads them, under A1111's names where it has its own.
+IMAGE_FIELDS = ("init_image", "mask", "strength", "mask_blur", "paste_back")
 HEX_DIGITS = frozenset(hexdigits)
 
 
@@ -118,13 +124,31 @@ class A1111Fields(BaseModel):
     alwayson_scripts: dict[str, Any] | None = None
 
 
+class Txt2ImgFields(A1111Fields):
+    """txt2img's hires fix, as A1111 names it (hires_params reads it)."""
+
+    enable_hr: bool | None = False
+    hr_scale: float | None = 2.0
+    hr_second_pass_steps: int | None = 0
+    denoising_strength: float | None = None
+    hr_upscaler: Text | None = None
+    hr_resize_x: int | None = 0
+    hr_resize_y: int | None = 0
+    hr_sampler_name: Text | None = None
+    hr_scheduler: Text | None = None
+    hr_checkpoint_name: Text | None = None
+    hr_prompt: Text | None = ""
+    hr_negative_prompt: Text | None = ""
+
+
 # Studio's fields that A1111 names as Studio does but means otherwise.
 OWN = ("prompt", "seed", "subseed", "batch_size")
 # The fields Studio reads, the request's shared ones among them; every other field is checked
 # against OFF or ignored. A plain pydantic model: Ninja's Schema drops extra fields before
 # they can be checked.
 Txt2ImgIn = create_model(
-    "Txt2ImgIn", __base__=A1111Fields, **job_request.schema_fields(leave_out={*FIELDS, *OWN})
+    "Txt2ImgIn", __base__=Txt2ImgFields,
+    **job_request.schema_fields(leave_out={*FIELDS, *OWN, *HIRES, *IMAGE_FIELDS}),
 )
 
 
@@ -221,14 +245,16 @@ def _lora_tag(inside: str) -> dict[str, Any]:
     return {"name": name.strip(), "weight": te_weight}
 
 
-def studio_request(body: A1111Fields, default_model: str | None = None) -> JobRequest:
-    """The request as Studio's; Refused names A1111's fields at fault. Without
-    `override_settings.sd_model_checkpoint` the model is `default_model` (the caller's own,
-    POST /sdapi/v1/options), else the server's."""
+def shared_params(body: A1111Fields, default_model: str | None) -> dict[str, Any]:
+    """The fields txt2img and img2img share, as Studio's request names them; Refused names
+    A1111's fields at fault. Without `override_settings.sd_model_checkpoint` the model is
+    `default_model` (the caller's own, POST /sdapi/v1/options), else the server's."""
     errors = unsupported(body)
     if errors:
         raise Refused(errors)
-    shared = body.model_dump(include=set(job_request.NAMES) - {*FIELDS, *OWN})
+    shared = body.model_dump(
+        include=set(job_request.NAMES) - {*FIELDS, *OWN, *HIRES, *IMAGE_FIELDS}
+    )
     subseed = body.subseed
     if subseed is None or subseed < 0:
         subseed = engine.random_seed() if shared.get("subseed_strength") else 0
@@ -239,17 +265,92 @@ def studio_request(body: A1111Fields, default_model: str | None = None) -> JobRe
         raise Refused({"prompt": str(exc)}) from exc
     if tagged:
         shared["loras"] = [*(shared.get("loras") or []), *tagged]
-    return job_request.parse({
+    return {
         **shared, "prompt": prompt, "model": model_name(title) or default_model,
         "seed": None if body.seed is None or body.seed < 0 else body.seed,
         "subseed": subseed, "sampler": studio_sampler(body), "guidance_scale": body.cfg_scale,
         "batch_size": body.batch_size * body.n_iter,
-    })
+    }
 
 
-def a1111_errors(refused: Refused, body: A1111Fields) -> dict[str, str]:
-    """A refusal's messages under A1111's names for the fields."""
-    errors = {FIELDS.get(key, key): message for key, message in refused.errors.items()}
+def studio_request(body: Txt2ImgFields, default_model: str | None = None) -> JobRequest:
+    """The txt2img request as Studio's; Refused names A1111's fields at fault."""
+    return job_request.parse({**shared_params(body, default_model), **hires_params(body)})
+
+
+# What A1111 sends for "the first pass's": a hires pass with a sampler, scheduler or model of
+# its own is refused, since Studio's hires fix refines with the first pass's.
+SAME = (None, "", "Use same sampler", "Use same scheduler", "Use same checkpoint")
+
+
+def hires_params(body: Txt2ImgFields) -> dict[str, Any]:
+    """With `enable_hr`, the hires fix as Studio's request names it; none without, whatever
+    the other hr_ fields say (clients send them all, as A1111 ignores them then). Left out
+    (null), the upscaler is Studio's default, "Latent" as A1111's, and the strength Studio's
+    default, where A1111's page starts at 0.7 (webuiapi sends that). Refused
+    names each hr_ field asking for what Studio's hires fix does not do."""
+    if not body.enable_hr:
+        return {}
+    errors = {}
+    sampler = body.sampler_name or body.sampler_index
+    if body.hr_sampler_name not in (*SAME, sampler):
+        errors["hr_sampler_name"] = ("The hires pass uses the first pass's sampler; "
+                                     "send null or the same sampler_name.")
+    if body.hr_scheduler not in SAME and (body.hr_scheduler.lower()
+                                          != (body.scheduler or "automatic").lower()):
+        errors["hr_scheduler"] = ("The hires pass uses the first pass's scheduler; "
+                                  "send null or the same scheduler.")
+    if body.hr_checkpoint_name not in SAME:
+        errors["hr_checkpoint_name"] = "The hires pass uses the first pass's model; send null."
+    negative = getattr(body, "negative_prompt", None) or ""
+    for field, first in (("hr_prompt", body.prompt), ("hr_negative_prompt", negative)):
+        if getattr(body, field) not in (None, "", first):
+            errors[field] = "The hires pass uses the first pass's prompts; send an empty string."
+    scale = hires_scale(body, errors)
+    if errors:
+        raise Refused(errors)
+    return {"hires_scale": scale, "hires_steps": body.hr_second_pass_steps,
+            "hires_strength": body.denoising_strength,
+            "hires_upscaler": body.hr_upscaler}
+
+
+def hires_scale(body: Txt2ImgFields, errors: dict[str, str]) -> float | None:
+    """`hr_scale`, or the scale `hr_resize_x` and `hr_resize_y` (0: in proportion to the
+    other) make of width and height. Studio scales both sides by one factor and never crops,
+    so a size it cannot reach that way is an error here, under the field at fault."""
+    x, y = body.hr_resize_x or 0, body.hr_resize_y or 0
+    if not x and not y:
+        return body.hr_scale if body.hr_scale is not None else 2.0
+    field = "hr_resize_x" if x else "hr_resize_y"
+    width, height = getattr(body, "width", None), getattr(body, "height", None)
+    if x < 0 or y < 0:
+        errors[field] = "Send a size in pixels, or 0 to use hr_scale."
+        return None
+    if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
+        errors[field] = "Send width and height with it, or use hr_scale."
+        return None
+    scale = x / width if x else y / height
+    reached = engine.Hires(scale=scale).size(width, height)
+    if reached != (x or reached[0], y or reached[1]):
+        errors[field] = (
+            f"{x or 'auto'}x{y or 'auto'} is not {width}x{height} times one scale in "
+            f"multiples of 8, and Studio does not crop: send hr_scale, or a size in the "
+            f"same proportions, such as {reached[0]}x{reached[1]}."
+        )
+        return None
+    return scale
+
+
+def a1111_errors(refused: Refused, body: A1111Fields,
+                 names: dict[str, str] | None = None) -> dict[str, str]:
+    """A refusal's messages under A1111's names for the fields (`names`: Studio's to
+    A1111's; txt2img's by default)."""
+    names = names or TXT2IMG_NAMES
+    errors = {names.get(key, key): message for key, message in refused.errors.items()}
     if "batch_size" in errors and body.n_iter > 1:
         errors["batch_size"] += f" (batch_size × n_iter is {body.batch_size * body.n_iter})"
     return errors
+
+
+# Studio's names to txt2img's.
+TXT2IMG_NAMES = {**FIELDS, **HIRES}

@@ -2,7 +2,7 @@ from django import forms
 from django.contrib import admin
 
 from . import engine, registry
-from .models import BlockedPhrase, Job, ModelSource, Output, WeightsHash
+from .models import BlockedPhrase, InputImage, Job, ModelSource, Output, WeightsHash
 
 
 class OutputInline(admin.TabularInline):
@@ -85,6 +85,20 @@ class WeightsHashAdmin(admin.ModelAdmin):
     @admin.display(description="sha256")
     def short_hash(self, row: WeightsHash) -> str:
         return row.sha256[:10]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(InputImage)
+class InputImageAdmin(admin.ModelAdmin):
+    """Images and masks users started from, kept for their jobs' reproductions. Read-only:
+    a recipe names its input by hash, so an edited file could never reproduce."""
+
+    list_display = ["sha256", "kind", "owner", "width", "height", "created"]
+    list_filter = ["kind"]
+    search_fields = ["sha256", "owner__username"]
+    readonly_fields = ["owner", "sha256", "kind", "width", "height", "file", "created"]
 
     def has_add_permission(self, request):
         return False

@@ -37,6 +37,9 @@ class JobImage(Schema):
     height: int
     url: str = Field(description="The PNG, with this API's authentication.")
     page_url: str
+    init_image_url: str | None = Field(None, description="The input image it was made from "
+                                       "(image to image); null for text to image.")
+    mask_url: str | None = Field(None, description="The mask it was made with (inpainting).")
 
 
 class JobOut(Schema):
@@ -66,6 +69,9 @@ def job_out(job: Job) -> dict:
     state = job_state(selectors.job_view(job))
     for image in state["images"]:
         image["url"] = reverse("api:image_file", args=[image["id"]])
+        for key, name in (("init_image_url", "api:image_input"), ("mask_url", "api:image_mask")):
+            if image.get(key):
+                image[key] = reverse(name, args=[image["id"]])
     return state
 
 

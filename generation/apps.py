@@ -7,7 +7,8 @@ class GenerationConfig(AppConfig):
     verbose_name = "Generation"
 
     def ready(self):
-        from .files import output_deleted
-        from .models import Output
+        from .files import input_deleted, output_deleted
+        from .models import InputImage, Output
 
         post_delete.connect(output_deleted, sender=Output, dispatch_uid="generation.output_file")
+        post_delete.connect(input_deleted, sender=InputImage, dispatch_uid="generation.input_file")

@@ -1,7 +1,9 @@
 """AUTOMATIC1111's web UI API, so the clients people have (`webuiapi`, Open WebUI, bots, editor
 plugins) use Studio unchanged (docs/architecture.md §6): `POST /sdapi/v1/txt2img`, `GET` and
 `POST /sdapi/v1/options`, `GET /sdapi/v1/samplers`, `/schedulers`, `/sd-models`, `/loras`,
-`/progress` and `/scripts`, and `POST /sdapi/v1/refresh-checkpoints` and `/refresh-loras`.
+`/progress` and `/scripts`, and `POST /sdapi/v1/refresh-checkpoints`, `/refresh-loras`,
+`/interrupt` and `/skip`. img2img, the upscalers and png-info are in
+generation/compat_a1111_images.py, on this API.
 
 - A txt2img call is one ordinary job: the generate page's validation and per-user limits apply
   and its images land in the caller's gallery. `batch_size × n_iter` images run as one job of
@@ -12,6 +14,12 @@ plugins) use Studio unchanged (docs/architecture.md §6): `POST /sdapi/v1/txt2im
   send every field A1111 knows on every call. A field of a feature Studio lacks is accepted
   at a value that leaves the feature off (`OFF` there) and refused otherwise, by name;
   fields Studio has never heard of are ignored, as A1111 ignores them.
+- Hires fix: `enable_hr` with `hr_scale` (or `hr_resize_x`/`hr_resize_y` in proportion),
+  `hr_second_pass_steps`, `denoising_strength` and `hr_upscaler` (engine.UPSCALERS; A1111's
+  "Latent" by default); a second sampler, model or prompt for the hires pass is refused by
+  name (a1111_request.hires_params).
+- `interrupt` and `skip` stop the caller's own running job, never another user's: A1111 has
+  one job at a time, so "the current job" is here the caller's (the one `progress` shows).
 - Models: `sd-models` lists every model (generation.registry) with A1111's title, `name
   [hash10]`, or just `name` while no worker has hashed its weights: a request never hashes.
   `POST /options` with `sd_model_checkpoint` (a title or a name) sets the caller's own model,
@@ -24,9 +32,6 @@ plugins) use Studio unchanged (docs/architecture.md §6): `POST /sdapi/v1/txt2im
   `{"detail": message, "errors": {field: message}}` naming A1111's fields; 413 for a body
   over DATA_UPLOAD_MAX_MEMORY_SIZE.
 """
-
-import base64
-import json
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import RequestDataTooBig
@@ -44,21 +49,16 @@ from studio.api import (
     validation_errors,
 )
 
-from . import a1111_request, engine, recipes, registry, selectors, waiting
+from . import a1111_request, compat_a1111_images, engine, recipes, registry, selectors, services
+from .a1111_jobs import A1111Error, default_model, images_answer, own_model
 from .a1111_request import ALIASES, SCHEDULERS, OptionsIn, Txt2ImgIn
 from .job_request import Refused
-from .models import DefaultModel, Job, Output
+from .models import DefaultModel, Job
 
 api = NinjaAPI(
     title="AUTOMATIC1111-compatible API", version="1", urls_namespace="a1111",
     openapi_url=None, docs_url=None, auth=[TokenBasic(), TokenBearer()], parser=JsonParser(),
 )
-
-
-class A1111Error(Exception):
-    def __init__(self, status: int, errors: dict[str, str], headers: dict | None = None):
-        super().__init__(errors)
-        self.status, self.errors, self.headers = status, errors, headers or {}
 
 
 @api.exception_handler(A1111Error)
@@ -104,44 +104,13 @@ def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
 # --- Answering ----------------------------------------------------------------------------
 
 
-def info(job: Job, outputs: list[Output]) -> dict:
-    """A1111's `info`: the batch's seeds and each image's infotext (its PNG `parameters`)."""
-    recipe = job.recipe
-    count = len(outputs)
-    # The worker completes each image's recipe with the versions that ran it, and with the
-    # weights' hash, which a recipe built in a web request may lack.
-    ran = outputs[0].recipe if outputs else recipe
-    versions = ran.get("versions") or {}
-    return {
-        "prompt": recipe["prompt"], "all_prompts": [recipe["prompt"]] * count,
-        "negative_prompt": recipe["negative_prompt"],
-        "all_negative_prompts": [recipe["negative_prompt"]] * count,
-        "seed": recipe["seed"], "all_seeds": [recipe["seed"] + i for i in range(count)],
-        "subseed": recipe["subseed"],
-        "all_subseeds": [recipe["subseed"] + i for i in range(count)],
-        "subseed_strength": recipe["subseed_strength"],
-        "width": recipe["width"], "height": recipe["height"], "sampler_name": recipe["sampler"],
-        "cfg_scale": recipe["guidance_scale"], "steps": recipe["steps"],
-        "batch_size": recipe["batch_size"], "restore_faces": False,
-        "sd_model_name": recipe["model"]["name"], "sd_model_hash": ran["model"]["hash"][:10],
-        "seed_resize_from_w": -1, "seed_resize_from_h": -1, "styles": [],
-        "extra_generation_params": {}, "index_of_first_image": 0, "clip_skip": 1,
-        "job_timestamp": job.queued_at.strftime("%Y%m%d%H%M%S"),
-        "infotexts": [
-            engine.format_parameters(engine.Recipe.from_json(o.recipe)) for o in outputs
-        ],
-        "version": f"studio-{versions.get('studio', '')}",
-        "studio": {"job": str(job.pk), "images": [o.get_page_url() for o in outputs]},
-    }
-
-
 @sync_to_async
 def read_and_submit(request: HttpRequest) -> tuple[Txt2ImgIn, Job]:
     """Read, translate, validate and queue, in a thread: CPU work on the caller's data.
     A refusal is a 422 (429 over a limit) naming A1111's fields."""
     body = read_body(request, Txt2ImgIn)
     try:
-        studio_request = a1111_request.studio_request(body, _default_model(request.auth, body))
+        studio_request = a1111_request.studio_request(body, default_model(request.auth, body))
         return body, recipes.submit(user=request.auth, request=studio_request)
     except Refused as exc:
         errors = a1111_request.a1111_errors(exc, body)
@@ -153,17 +122,9 @@ async def txt2img(request: HttpRequest):
     """Make the images and answer when they exist: an async view, so the wait holds no
     thread (generation/waiting.py). The body is Txt2ImgIn, read by read_and_submit."""
     body, job = await read_and_submit(request)
-    try:
-        outputs = await waiting.wait_for_outputs(job)
-    except waiting.NoImages as exc:
-        raise A1111Error(exc.status, {"__all__": exc.message}) from exc
-    pngs = await waiting.read_pngs(outputs) if body.send_images else []
-    return {
-        "images": [base64.b64encode(png).decode() for png in pngs],
-        # Not the scripts or unknown fields: whatever was sent, encoded on the event loop.
-        "parameters": body.model_dump(exclude={"alwayson_scripts", *(body.model_extra or ())}),
-        "info": json.dumps(info(job, outputs)),
-    }
+    # Not the scripts or unknown fields: whatever was sent, encoded on the event loop.
+    parameters = body.model_dump(exclude={"alwayson_scripts", *(body.model_extra or ())})
+    return await images_answer(job, send_images=body.send_images, parameters=parameters)
 
 
 @api.get("/progress")
@@ -190,6 +151,30 @@ def progress(request: HttpRequest):
     if latest is not None and latest.get("preview"):
         answer["current_image"] = latest["preview"].partition(",")[2]
     return answer
+
+
+def running_jobs(user):
+    """The caller's running jobs: what A1111 calls "the current job", the one /progress
+    reports. Only ever the caller's own: on a shared server another user's job is not theirs
+    to stop."""
+    return Job.objects.filter(owner=user, status=Job.Status.RUNNING)
+
+
+@api.post("/interrupt")
+def interrupt(request: HttpRequest):
+    """Stop the caller's running job within a step (services.job_cancel); their queued jobs
+    wait on. The txt2img or img2img call that waits for it answers 409: a stopped job keeps
+    no images, where A1111 answers with the half-made ones. Answers {}, as A1111 does."""
+    for job in running_jobs(request.auth):
+        services.job_cancel(job=job, actor=request.auth)
+    return {}
+
+
+@api.post("/skip")
+def skip(request: HttpRequest):
+    """A1111 skips the current image and goes on with the next batch of `n_iter`; here the
+    whole request is one job, so skipping stops it, as /interrupt does. Answers null."""
+    interrupt(request)
 
 
 # --- What can be asked for ----------------------------------------------------------------
@@ -233,27 +218,9 @@ def filename(name: str, source: str) -> str:
     return name + suffix if source.endswith(suffix) else name
 
 
-def own_model(user) -> str | None:
-    """The model the caller chose with POST /options, if they did."""
-    return DefaultModel.objects.filter(user=user).values_list("model", flat=True).first()
-
-
 def chosen_model(user) -> str:
     """The model the caller's calls use when they name none: theirs, else the server's."""
     return own_model(user) or registry.default_name()
-
-
-def _default_model(user, body: Txt2ImgIn) -> str | None:
-    """The caller's own model for a call that names none (None: the server's); refused by
-    name when it has left the server since they chose it, rather than drawn with another."""
-    if body.override_settings and body.override_settings.sd_model_checkpoint:
-        return None
-    name = own_model(user)
-    if name is not None and name not in registry.models():
-        raise A1111Error(422, {"sd_model_checkpoint": (
-            f"Your model “{name}” (POST /sdapi/v1/options) is no longer on this server; "
-            "choose another there or in override_settings.")})
-    return name
 
 
 @api.get("/sd-models")
@@ -320,3 +287,6 @@ def loras(request: HttpRequest):
 def refresh_loras(request: HttpRequest):
     registry.refresh()
     registry.loras()
+
+
+api.add_router("", compat_a1111_images.router)

@@ -22,7 +22,20 @@ from pydantic import Field as SchemaField
 from studio.api import Text
 
 from . import engine, registry
+from .engine.inputs import (
+    DEFAULT_HIRES_STRENGTH,
+    DEFAULT_UPSCALER,
+    MAX_HIRES_SCALE,
+    MAX_MASK_BLUR,
+    MIN_HIRES_SCALE,
+    UPSCALERS,
+)
 from .engine.recipe import MAX_GUIDANCE, MAX_LORA_WEIGHT, MAX_LORAS, MAX_STEPS, SIZE_MULTIPLE
+from .request_images import ImageData, MaskData, mask_fits
+from .request_images import typed as typed_image
+
+# An image to image request's strength when it names none: A1111's default denoising strength.
+DEFAULT_STRENGTH = 0.75
 
 
 class Refused(Exception):
@@ -64,9 +77,13 @@ class RequestField:
     listed_by: str = ""  # the API call that lists the choices
     lines: int = 0  # a text box of this many lines on the page
     placeholder: str = ""
-    group: str = "main"  # where the page puts it: "text", "main" or "variation"
+    # Where the page puts it: "text", "main", "variation", "loras", "image" (the input image,
+    # its mask and how they are used) or "hires" (the hires fix).
+    group: str = "main"
     name: str = ""
-    kind: type = str  # str, int, float or LoraChoice (a list of them)
+    # str, int, float, bool, LoraChoice (a list of them), ImageData or MaskData (an image
+    # file: base64 or a data: URL in JSON and form fields, bytes or a file from multipart)
+    kind: type = str
     default: Any = None
 
     def bounds(self, model: engine.ModelSpec | None = None) -> tuple[Any, Any]:
@@ -85,6 +102,10 @@ class RequestField:
             parts.append(f"A multiple of {SIZE_MULTIPLE}, within the model's limits.")
         elif self.low is not None and self.high is not None:
             parts.append(f"From {_shown(self.low)} to {_shown(self.high)}.")
+        if issubclass(self.kind, ImageData):
+            parts.append(f"As base64 or a data: URL. At most "
+                         f"{settings.STUDIO_INPUT_MAX_BYTES:,} bytes once decoded, "
+                         f"and {settings.STUDIO_INPUT_MAX_PIXELS:,} pixels.")
         if self.unset:
             parts.append(f"Left out: {self.unset}.")
         return " ".join(parts)
@@ -110,6 +131,10 @@ def sampler_names() -> list[str]:
 
 def lora_names() -> list[str]:
     return list(registry.loras())
+
+
+def upscaler_names() -> list[str]:
+    return list(UPSCALERS)
 
 
 @dataclass(frozen=True)
@@ -166,6 +191,39 @@ class JobRequest:
         f"strength). At most {MAX_LORAS}.", choices=lora_names, listed_by="GET /loras",
         group="loras", placeholder="name:weight, name:weight",
     )
+    init_image: ImageData | None = _field(
+        None, "Input image", "The image to start from (image to image): a PNG, JPEG or WebP.",
+        group="image", unset="text to image, from noise",
+    )
+    mask: MaskData | None = _field(
+        None, "Mask", "White where the input image is repainted (inpainting). Exactly the "
+        "input image's size: masks are never resized.", group="image",
+        unset="the whole image is repainted",
+    )
+    strength: float | None = _field(
+        None, "Denoising strength", "How much of the input image is repainted: near 0 keeps "
+        "it, 1 ignores it.", low=0, high=1, step=0.05, group="image",
+        unset=f"{DEFAULT_STRENGTH:g} with an input image",
+    )
+    mask_blur: int = _field(0, "Mask blur", "Softens the mask's edge by this many pixels.",
+                            low=0, high=MAX_MASK_BLUR, group="image")
+    paste_back: bool = _field(
+        True, "Keep unmasked pixels", "Paste the input image back outside the (blurred) mask, "
+        "as A1111 does; off, the result is stock diffusers' inpainting.", group="image",
+    )
+    hires_scale: float | None = _field(
+        None, "Hires scale", "Hires fix: render at the size above, upscale by this, then "
+        "refine at the larger size.", low=MIN_HIRES_SCALE, high=MAX_HIRES_SCALE, step=0.25,
+        group="hires", unset="no hires fix",
+    )
+    hires_steps: int = _field(0, "Hires steps", "Steps of the refining pass; 0: as many as "
+                              "Steps.", low=0, high=MAX_STEPS, group="hires")
+    hires_strength: float = _field(DEFAULT_HIRES_STRENGTH, "Hires strength",
+                                   "How much the refining pass repaints.", low=0, high=1,
+                                   step=0.05, group="hires")
+    hires_upscaler: str = _field(DEFAULT_UPSCALER, "Upscaler", "How the first image is "
+                                 "enlarged before it is refined.", choices=upscaler_names,
+                                 group="hires")
 
 
 def _kind(annotation: Any) -> type:
@@ -185,17 +243,24 @@ NAMES = tuple(field.name for field in FIELDS)
 # --- Parsing ------------------------------------------------------------------------------
 
 TYPE_ERRORS = {int: "Enter a whole number.", float: "Enter a number.", str: "Enter text.",
+               bool: "Enter true or false.",
                LoraChoice: "Enter LoRAs as name:weight, separated by commas."}
+BOOLEANS = {"true": True, "on": True, "1": True, "yes": True,
+            "false": False, "off": False, "0": False, "no": False}
+# Images are not text: each has a cap of its own, in bytes (request_images).
+IMAGE_NAMES = tuple(field.name for field in FIELDS if issubclass(field.kind, ImageData))
 
 
 def too_long(params: Mapping) -> dict[str, str]:
-    """An error for each field longer than STUDIO_MAX_TEXT_CHARS, checked before anything
-    reads them: tokenizing or matching blocked phrases in megabytes would hold a thread."""
+    """An error for each text field longer than STUDIO_MAX_TEXT_CHARS, checked before
+    anything reads them: tokenizing or matching blocked phrases in megabytes would hold a
+    thread."""
     limit = settings.STUDIO_MAX_TEXT_CHARS
     return {
         name: f"Enter at most {limit:,} characters."
         for name in NAMES
-        if isinstance(value := params.get(name), str) and len(value) > limit
+        if name not in IMAGE_NAMES
+        and isinstance(value := params.get(name), str) and len(value) > limit
     }
 
 
@@ -203,6 +268,14 @@ def _typed(kind: type, raw: Any) -> Any:
     """`raw` (form text or a JSON value) as `kind`; ValueError with the message to show."""
     if kind is LoraChoice:
         return _loras(raw)
+    if issubclass(kind, ImageData):
+        return typed_image(kind, raw)
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in BOOLEANS:
+            return BOOLEANS[raw.lower()]
+        raise ValueError(TYPE_ERRORS[bool])
     if kind is str:
         if not isinstance(raw, str):
             raise ValueError(TYPE_ERRORS[str])
@@ -250,7 +323,9 @@ def parse(params: Mapping) -> JobRequest:
     are ignored.
 
     1. Refuse text over STUDIO_MAX_TEXT_CHARS, before reading it (too_long).
-    2. Type each field; Refused names every field that is not of its type.
+    2. Type each field; Refused names every field that is not of its type. An image is
+       typed by decoding it within its own limits (request_images.typed).
+    3. Refuse a mask that is not its image's size.
     The limits are the engine's to check, against the chosen model (recipes.recipe_for).
     """
     if errors := too_long(params):
@@ -259,12 +334,13 @@ def parse(params: Mapping) -> JobRequest:
     for field in FIELDS:
         raw = params.get(field.name)
         raw = raw.strip() if isinstance(raw, str) else raw
-        if raw is None or raw == "":
+        if raw is None or raw == "" or raw == b"":
             continue
         try:
             values[field.name] = _typed(field.kind, raw)
         except ValueError as exc:
             errors[field.name] = str(exc)
+    errors = errors or mask_fits(values)
     if errors:
         raise Refused(errors)
     return JobRequest(**values)
@@ -281,10 +357,12 @@ def schema_fields(*, leave_out: Iterable[str] = ()) -> dict[str, tuple]:
     for field in FIELDS:
         if field.name in leave_out:
             continue
-        kind = {str: Text, LoraChoice: list[LoraIn]}.get(field.kind, field.kind)
+        kind = {str: Text, LoraChoice: list[LoraIn], ImageData: str, MaskData: str}.get(
+            field.kind, field.kind)
         low, high = field.bounds()
         limits = {"minimum": low, "maximum": high} if not field.sized and high is not None else {}
         default = ... if field.required else field.default
+        default = list(default) if isinstance(default, tuple) else default  # JSON has lists
         info = SchemaField(default, description=field.description,
                            json_schema_extra=limits or None)
         fields[field.name] = (kind if field.required else kind | None, info)

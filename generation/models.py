@@ -46,6 +46,9 @@ class Job(models.Model):
     # A reproduction re-runs the original's whole batch (the pixels depend on it) but may
     # hand out only the original's own image: its siblings can be private to someone else.
     reveals = models.PositiveSmallIntegerField(null=True, blank=True)
+    # The image and mask it starts from (img2img, inpainting), which its recipe names by
+    # hash; stored once per owner, so jobs that send the same image share it.
+    inputs = models.ManyToManyField("InputImage", blank=True, related_name="jobs")
 
     class Meta:
         ordering = ["-queued_at"]
@@ -160,6 +163,43 @@ class Output(models.Model):
     def image_seed(self) -> int:
         """The seed this image was made from (a worker's recipe always records one)."""
         return StoredRecipe(self.recipe).image_seed
+
+
+def input_path(image: "InputImage", filename: str) -> str:
+    # Built only from ids and a hash we computed, never from user input.
+    return f"inputs/{image.owner_id}/{image.sha256}.png"
+
+
+class InputImage(models.Model):
+    """An image or mask a job starts from, as the engine made it canonical (an RGB or
+    greyscale PNG without metadata: engine.canonical_image, canonical_mask), named by the
+    sha256 of those bytes, which recipes record. Private to its owner; whoever may see an
+    output made from it may see it too (gallery.views.image_input)."""
+
+    class Kind(models.TextChoices):
+        IMAGE = "image", "Image"
+        MASK = "mask", "Mask"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="input_images"
+    )
+    sha256 = models.CharField(max_length=64)
+    kind = models.CharField(max_length=5, choices=Kind.choices)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    file = models.FileField(upload_to=input_path, max_length=200)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "sha256"], name="one_input_per_owner_hash")
+        ]
+        indexes = [models.Index(fields=["sha256"], name="input_sha256")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.sha256[:10]} ({self.width}×{self.height})"
 
 
 class BlockedPhrase(models.Model):

@@ -2,6 +2,7 @@
 (docs/architecture.md §5). Presents what it is given and reads nothing: the caller reads the
 job's view (selectors.job_view), so whoever shows many jobs decides how to read them."""
 
+from .inputs import input_urls
 from .models import Job, Output
 from .selectors import JobView
 
@@ -38,4 +39,7 @@ def output_state(output: Output) -> dict:
         "seed": output.image_seed,
         "width": output.width,
         "height": output.height,
+        # The input image and mask it was made from (None for text to image): the job's
+        # state goes to its owner and staff alone.
+        **input_urls(output),
     }

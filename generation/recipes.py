@@ -13,8 +13,20 @@ from pathlib import Path
 from studio.api import clip
 
 from . import engine, registry, services
-from .job_request import FIELDS, JobRequest, LoraChoice, Refused, lora_names, model_names, parse
-from .models import BlockedPhrase, Job
+from .engine.inputs import Hires, ImageRef, MaskRef
+from .engine.recipe import SIZE_MULTIPLE
+from .job_request import (
+    DEFAULT_STRENGTH,
+    FIELDS,
+    IMAGE_NAMES,
+    JobRequest,
+    LoraChoice,
+    Refused,
+    lora_names,
+    model_names,
+    parse,
+)
+from .models import BlockedPhrase, InputImage, Job
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +53,8 @@ def form_initial(params: Mapping) -> dict:
     recipe this way). Nothing here is trusted; submit validates."""
     initial = {**dataclasses.asdict(JobRequest()), "model": registry.default_name()}
     for key in initial:
-        if params.get(key) not in (None, ""):
+        # Images come as files, never in a link (generate.js fetches "Use as input"'s).
+        if params.get(key) not in (None, "") and key not in IMAGE_NAMES:
             initial[key] = params.get(key)
     spec = model_spec(str(initial["model"]))
     for field in FIELDS:
@@ -88,14 +101,77 @@ def recipe_for(request: JobRequest) -> dict:
         )
     model = _model(request.model or registry.default_name())
     chosen = {
-        key: value for key, value in dataclasses.asdict(request).items()
-        if value is not None and key not in ("model", "loras")
+        field.name: value for field in dataclasses.fields(request)
+        if (value := getattr(request, field.name)) is not None
+        and field.name not in ("model", "loras", *IMAGE_TO_IMAGE)
     }
     try:
-        recipe = engine.build_recipe(model=model, loras=lora_refs(request.loras, model), **chosen)
+        recipe = engine.build_recipe(model=model, loras=lora_refs(request.loras, model),
+                                     **chosen, **image_to_image(request, model))
     except engine.RecipeError as exc:
-        raise Refused(exc.errors) from exc
+        raise Refused(request_names(exc.errors)) from exc
     return recipe.to_json()
+
+
+# The request's image to image fields (image_to_image makes them the recipe's): the hires
+# fix's are one object in a recipe, hires_scale its recipe["hires"]["scale"].
+IMAGE_TO_IMAGE = ("init_image", "mask", "strength", "mask_blur", "paste_back", "hires_scale",
+                  "hires_steps", "hires_strength", "hires_upscaler")
+
+
+def image_to_image(request: JobRequest, model: engine.ModelRef) -> dict:
+    """The recipe's image to image fields from the request's (IMAGE_TO_IMAGE): the input and
+    mask by hash, the strength (DEFAULT_STRENGTH with an input image if it names none), the
+    hires fix (only with a scale), and an input image's size, down to a multiple of 8, for
+    the size the request leaves out, when the model takes it (else the model's native
+    size)."""
+    image, mask = request.init_image, request.mask
+    fields = {"strength": request.strength, "mask_blur": request.mask_blur,
+              "paste_back": request.paste_back}
+    if image is not None:
+        fields["init_image"] = ImageRef(sha256=image.sha256, width=image.width,
+                                        height=image.height)
+        if request.strength is None:
+            fields["strength"] = DEFAULT_STRENGTH
+        spec = model_spec(model.name)
+        fields.update({key: value for key, value in _input_size(image, spec).items()
+                       if getattr(request, key) is None})
+    if mask is not None:
+        fields["mask"] = MaskRef(sha256=mask.sha256)
+    if request.hires_scale is not None:
+        fields["hires"] = Hires(scale=request.hires_scale, steps=request.hires_steps,
+                                strength=request.hires_strength,
+                                upscaler=request.hires_upscaler)
+    return fields
+
+
+def _input_size(image, spec: engine.ModelSpec | None) -> dict[str, int]:
+    """The input's size, rounded down to a multiple of 8; an input outside the model's sizes
+    is scaled, keeping its shape, to fit them (a 4000×3000 photo on a 1024-pixel model runs
+    at 1024×768), since the engine resizes it to the recipe's size anyway."""
+    if spec is None:
+        return {}
+    low, high = spec.limits.min_size, spec.limits.max_size
+    scale = min(1.0, high / max(image.width, image.height))
+    scale = max(scale, low / min(image.width, image.height))
+    return {
+        key: min(high, max(low, int(side * scale) // SIZE_MULTIPLE * SIZE_MULTIPLE))
+        for key, side in (("width", image.width), ("height", image.height))
+    }
+
+
+def request_names(errors: dict[str, str]) -> dict[str, str]:
+    """The engine's errors keyed by the request's names: `hires.scale` is `hires_scale`,
+    `init_image.width` is `init_image`."""
+    named = {}
+    for key, message in errors.items():
+        head, _, rest = key.partition(".")
+        if head == "hires":
+            key = f"hires_{rest}" if rest else "hires_scale"
+        elif head in IMAGE_NAMES:
+            key = head
+        named.setdefault(key, message)
+    return named
 
 
 def lora_refs(chosen: tuple[LoraChoice, ...], model: engine.ModelRef) -> tuple[engine.LoraRef, ...]:
@@ -138,10 +214,18 @@ def recipe_from_params(params: Mapping) -> dict:
 
 
 def submit(*, user, request: JobRequest) -> Job:
-    """Queue the request as `user`'s job. Raises Refused: for its fields (INVALID), or when a
-    per-user limit is reached (LIMIT, with when to retry)."""
+    """Queue the request as `user`'s job, its input image and mask stored with it in the
+    same transaction, once everything is valid. Raises Refused: for its fields (INVALID),
+    or when a per-user limit is reached (LIMIT, with when to retry)."""
     recipe = recipe_for(request)
     try:
-        return services.job_submit(user=user, recipe=recipe)
+        return services.job_submit(user=user, recipe=recipe, inputs=inputs_of(request))
     except services.LimitExceeded as exc:
         raise Refused({"__all__": str(exc)}, retry_after=exc.retry_after) from exc
+
+
+def inputs_of(request: JobRequest) -> list[dict]:
+    """The request's input image and mask, as generation.inputs.store takes them."""
+    kinds = ((request.init_image, InputImage.Kind.IMAGE), (request.mask, InputImage.Kind.MASK))
+    return [{"png": data.png, "sha256": data.sha256, "width": data.width,
+             "height": data.height, "kind": kind} for data, kind in kinds if data is not None]

@@ -14,6 +14,7 @@ from django.core.files.base import ContentFile
 from django.db import InterfaceError, OperationalError, close_old_connections, connections
 
 from . import broadcast, engine, registry, selectors, services, sidecar
+from .inputs import files_for
 from .models import Job
 from .presenters import job_state
 
@@ -30,9 +31,10 @@ def run(job: Job) -> str:
        its memory budget: registry.model_memory), and make sure the database knows its
        weights' hash (registry.weights_hash), so the web tier can show it without hashing.
        Meanwhile its watchers hear that it loads, and for how long (loading_news).
-    2. Generate, each step handed to this worker's sidecar process, which draws and
-       publishes its preview, writes the heartbeat (which also carries the cancel check)
-       and keeps every k-th step's frame of each image (generation/sidecar.py).
+    2. Generate, from the job's input images if it has any (read through the storage),
+       each step handed to this worker's sidecar process, which draws and publishes its
+       preview, writes the heartbeat (which also carries the cancel check) and keeps every
+       k-th step's frame of each image (generation/sidecar.py).
     3. Store every image the job shows (Job.shows) as a PNG carrying its recipe, with its
        frames, and finish the job with its outputs in one transaction, or mark it
        canceled, or failed with a reason a person can read.
@@ -137,7 +139,7 @@ def _generate(job: Job, steps: sidecar.SidecarRun) -> tuple[engine.Result, list[
         result = engine.generate(
             recipe, pipeline=pipeline, on_step=steps.step, should_cancel=steps.should_stop,
             lora_files=_lora_files(recipe), hashes=registry.weights_hash,
-            vae_tiling=registry.vae_tiling(),
+            vae_tiling=registry.vae_tiling(), inputs=files_for(job),
         )
     finally:
         # Every step sent is reported and its heartbeat written before the job is finished,
@@ -238,4 +240,6 @@ def failure_reason(exc: Exception) -> str:
         return "The GPU ran out of memory. Try a smaller size or batch."
     if isinstance(exc, engine.ModelLoadError):
         return f"The model could not be loaded: {exc}"
+    if isinstance(exc, engine.InputMissingError):
+        return f"The job cannot run: {exc}."
     return f"Generation failed ({name}): {exc}"

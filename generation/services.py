@@ -9,6 +9,7 @@ delivered twice, a reaper racing a worker, or two workers racing each other chan
 import functools
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -21,6 +22,8 @@ from studio.celery import app
 from studio.services import user_lock
 
 from . import broadcast
+from .engine.inputs import steps_run
+from .inputs import store
 from .models import Job, Output
 from .selectors import fair_queue, start_order
 from .signals import job_succeeded
@@ -76,16 +79,22 @@ def check_limits(user) -> None:
 WORKER_DECIDES = ("threads", "device", "dtype")
 
 
-def job_submit(*, user, recipe: dict, reveals: int | None = None) -> Job:
+def job_submit(*, user, recipe: dict, reveals: int | None = None,
+               inputs: Sequence[dict] = ()) -> Job:
     """Queue an already-validated recipe, dispatched once committed. The limits are checked
     and the job inserted under a lock on the user's row, so two submits cannot both take the
-    last free place (held to the end of the caller's transaction). `reveals`: Job.reveals."""
+    last free place (held to the end of the caller's transaction). `reveals`: Job.reveals.
+    `inputs`: the images the recipe starts from, each as generation.inputs.store takes them,
+    stored for the user (once per image) and kept with the job, in the same transaction.
+    Its progress counts to the steps the recipe runs (engine.steps_run), not its `steps`."""
     recipe = {**recipe, **dict.fromkeys(WORKER_DECIDES)}
     with transaction.atomic():
         user_lock(user)
         check_limits(user)
-        job = Job.objects.create(owner=user, recipe=recipe, total_steps=recipe["steps"],
+        job = Job.objects.create(owner=user, recipe=recipe, total_steps=steps_run(recipe),
                                  reveals=reveals)
+        if inputs:
+            job.inputs.set([store(owner=user, **fields) for fields in inputs])
         transaction.on_commit(lambda: dispatch(job.pk))
         # A user with fewer turns behind them goes ahead of busier users' later jobs.
         transaction.on_commit(announce_queue)

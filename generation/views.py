@@ -22,6 +22,9 @@ def generate(request):
         "form": generate_form(request.GET),
         "recent_jobs": recent,
         "last_seed": last,
+        # The page refuses a plainly too large input before sending it; the server decides.
+        "input_limits": {"bytes": settings.STUDIO_INPUT_MAX_BYTES,
+                         "pixels": settings.STUDIO_INPUT_MAX_PIXELS},
     }
     return render(request, "generation/generate.html", context)
 

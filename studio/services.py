@@ -157,7 +157,10 @@ def bearer_token(authorization: str) -> str:
 
 @transaction.atomic
 def account_delete(*, user) -> None:
-    """Delete a user; teams they alone owned pass to their oldest other member, or go."""
+    """Delete a user; teams they alone owned pass to their oldest other member, or go.
+    Everything of theirs goes with the row, files too, once the deletion commits: each app
+    deletes the files of its rows as they go (generation's outputs and input images,
+    the gallery's imports), so this module needs to know none of them."""
     for membership in Membership.objects.select_for_update().filter(user=user):
         team = membership.team
         others = team.memberships.exclude(user=user).order_by("joined")

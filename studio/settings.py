@@ -5,6 +5,7 @@ them; production sets at least DEBUG=0, SECRET_KEY and ALLOWED_HOSTS.
 https://docs.djangoproject.com/en/5.2/ref/settings/
 """
 
+import math
 import os
 from pathlib import Path
 
@@ -331,9 +332,16 @@ STUDIO_IMPORT_MAX_BYTES = envint("STUDIO_IMPORT_MAX_BYTES", 16 * 2**20)
 STUDIO_IMPORT_MAX_PIXELS = envint("STUDIO_IMPORT_MAX_PIXELS", 4096 * 4096)
 
 # --- What one user may send and keep (docs/security.md) ----------------------------------
+# An input image or mask (img2img, inpainting) is refused above this many bytes, once decoded
+# from base64, or above this many pixels, read from its header before it is decoded.
+STUDIO_INPUT_MAX_BYTES = envbytes("STUDIO_INPUT_MAX_BYTES", 8 * 2**20)
+STUDIO_INPUT_MAX_PIXELS = envint("STUDIO_INPUT_MAX_PIXELS", 4096 * 4096)
 # Request bodies Django reads into memory (JSON and form fields, not files): a larger one is
-# refused with 413 before anything parses it.
-DATA_UPLOAD_MAX_MEMORY_SIZE = envint("STUDIO_MAX_BODY_BYTES", 2560 * 1024)
+# refused with 413 before anything parses it. The default holds an image and its mask as
+# base64 (4 characters for 3 bytes) with room for the other fields.
+DATA_UPLOAD_MAX_MEMORY_SIZE = envbytes(
+    "STUDIO_MAX_BODY_BYTES", 2 * math.ceil(STUDIO_INPUT_MAX_BYTES * 4 / 3) + 2**20
+)
 # Every free-text field a user sends (prompts, names, reasons) is refused above this many
 # characters, checked before any parsing, tokenizing or matching runs on it.
 STUDIO_MAX_TEXT_CHARS = envint("STUDIO_MAX_TEXT_CHARS", 2000)

@@ -32,16 +32,18 @@ Samplers (``sampler_names.py``, ``schedules.py``, ``samplers.py``)
     SAMPLERS                                   A1111 name -> (scheduler class name, overrides)
     make_scheduler(name, base_config, seed, batch_size=1)
 
-Generation (``sampling.py``, ``previews.py``)
-    generate(recipe, *, pipeline=None, on_step=None, should_cancel=None, preview=Previews())
+Generation (``sampling.py``, ``stepper.py``, ``image_runs.py``, ``previews.py``)
+    generate(recipe, *, pipeline=None, on_step=None, should_cancel=None, preview=Previews(),
+             inputs=None)
         -> Result(images, recipes, timings, canceled)
-        on_step(step, total, preview | None, elapsed_seconds) after each of ``steps``
-        steps, in order, on the sampling thread (a failure in it stops the run there);
+        on_step(step, total, preview | None, elapsed_seconds) after each of the
+        ``total = steps_run(recipe)`` steps actually run (every pass of img2img, inpainting
+        and a hires fix), in order, on the sampling thread (a failure in it stops the run);
         should_cancel() after each model call, stopping within one step.
     StepPreview (LatentPreview | DecodedPreview): picklable arrays; render(index=None) ->
         image bytes, the batch side by side or its image at ``index`` alone
     Previews(vae_every=0, max_size=256, format="WEBP"), fit_latent_rgb(pipeline)
-    WeightsMismatchError, GenerationError
+    WeightsMismatchError, GenerationError, InputMissingError (light: errors.py)
 
 PNG metadata and reproduction (``pngmeta.py``, ``comparison.py``, ``sampling.py``)
     png_with_recipe(image, recipe) -> bytes    tEXt ``parameters`` (A1111) + iTXt ``studio_recipe``
@@ -49,7 +51,20 @@ PNG metadata and reproduction (``pngmeta.py``, ``comparison.py``, ``sampling.py`
         (ParametersTooLong over MAX_PARAMETERS_CHARS; a recipe chunk over MAX_RECIPE_CHARS
         or malformed is a RecipeError: both are read from files users upload)
     compare_images(a, b) -> Comparison(verdict, max_diff, psnr)
-    reproduce(recipe, original, *, pipeline) -> (image, Comparison)
+    reproduce(recipe, original, *, pipeline, inputs=None) -> (image, Comparison)
+
+Image to image (``inputs.py``, ``input_checks.py``; heavy: ``image_runs.py``)
+    ImageRef(sha256, width, height), MaskRef(sha256), Hires(scale, steps, strength, upscaler)
+                                               a recipe's init_image, mask and hires parts
+    UPSCALERS                                  the hires upscalers, A1111's names
+    canonical_image(data, *, max_bytes, max_pixels) -> (png, ImageRef)
+    canonical_mask(data, *, max_bytes, max_pixels) -> (png, MaskRef, (width, height))
+    mask_from_alpha(data, ...) -> png | None   OpenAI's rule: transparent pixels are the mask
+    decode_data_url(text, *, max_bytes) -> bytes   base64 or a data: URL, length capped first
+    mask_size_error(image_ref, size) -> str | None   a mask must be its image's size
+    InputError(ValueError)                     any of those refused; the caller names the field
+    steps_run(recipe or its JSON) -> int       the steps a run counts to (on_step's total)
+    generate(..., inputs={sha256: png})        InputMissingError(sha256) when one is not given
 
 LoRAs (``loras.py``, ``lora_weights.py``)
     LoraRef(name, weight, hash)                a recipe's LoRA; ``hash`` the file's sha256
@@ -61,8 +76,9 @@ LoRAs (``loras.py``, ``lora_weights.py``)
 
 Light and heavy names
     Recipes, specs, families, checkpoint headers, sampler names, validation, PNG metadata and
-    comparison import neither torch nor diffusers (``specs.py``, ``families.py``,
-    ``checkpoints.py``, ``schedules.py``, ``comparison.py``); the web tier uses only those.
+    comparison, image inputs and errors import neither torch nor diffusers (``specs.py``,
+    ``families.py``, ``checkpoints.py``, ``schedules.py``, ``comparison.py``, ``inputs.py``,
+    ``input_checks.py``, ``errors.py``); the web tier uses only those.
     Loading, sampling, previews and schedulers import on first use.
 """
 
@@ -70,7 +86,25 @@ import importlib
 
 from .checkpoints import Checkpoint, Header, inspect_checkpoint, read_header
 from .comparison import DIFFERS, IDENTICAL, WITHIN_ONE_LEVEL, Comparison, compare_images
+from .errors import GenerationError, InputMissingError, WeightsMismatchError
 from .families import FAMILIES, Family
+from .inputs import (
+    MAX_INPUT_BYTES,
+    MAX_INPUT_PIXELS,
+    MAX_MASK_BLUR,
+    UPSCALERS,
+    Hires,
+    ImageRef,
+    InputError,
+    MaskRef,
+    canonical_image,
+    canonical_mask,
+    decode_data_url,
+    mask_from_alpha,
+    mask_size_error,
+    open_input,
+    steps_run,
+)
 from .loras import UNSAFE_NAME_CHARACTERS as LORA_NAME_UNSAFE
 from .loras import LoraFile, a1111_hash, inspect_lora
 from .loras import mismatch as lora_mismatch
@@ -105,7 +139,7 @@ from .validation import build_recipe, validate_recipe
 # records recipes with the names above and never loads them (docs/architecture.md §1). No
 # module is named like one of these names: importing it would bind the module to the name.
 _HEAVY = {
-    "sampling": ("GenerationError", "Result", "WeightsMismatchError", "generate", "reproduce"),
+    "sampling": ("Result", "generate", "reproduce"),
     "models": (
         "StudioPipeline", "StudioXLPipeline", "load_pipeline", "pipeline_loaded", "resolve_device",
     ),
@@ -128,6 +162,22 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "MAX_INPUT_BYTES",
+    "MAX_INPUT_PIXELS",
+    "MAX_MASK_BLUR",
+    "UPSCALERS",
+    "Hires",
+    "ImageRef",
+    "InputError",
+    "InputMissingError",
+    "MaskRef",
+    "canonical_image",
+    "canonical_mask",
+    "decode_data_url",
+    "mask_from_alpha",
+    "mask_size_error",
+    "open_input",
+    "steps_run",
     "LORA_NAME_UNSAFE",
     "DEFAULT_GUIDANCE",
     "DEFAULT_SAMPLER",

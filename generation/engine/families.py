@@ -87,6 +87,12 @@ SD1 = Family(
 # In the order a checkpoint is tested against them.
 FAMILIES = {family.name: family for family in (SDXL, SD2, SD1)}
 PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+# What an inpainting model's model_index.json names: the same family's model, run by Studio
+# with the family's pipeline (its 9-channel UNet says it inpaints, specs.ModelSpec).
+INPAINT_PIPELINES = {
+    "StableDiffusionInpaintPipeline": "StableDiffusionPipeline",
+    "StableDiffusionXLInpaintPipeline": "StableDiffusionXLPipeline",
+}
 
 
 def family_of(pipeline_class: Any, unet: dict[str, Any]) -> Family:
@@ -94,6 +100,8 @@ def family_of(pipeline_class: Any, unet: dict[str, Any]) -> Family:
     config. SD 2.x's UNet projects its attention inputs linearly and reads a 1024-wide text
     encoder; SD 1.x's does neither. Small models of either layout (tests, the demo model) are
     told apart the same way."""
+    if isinstance(pipeline_class, str):
+        pipeline_class = INPAINT_PIPELINES.get(pipeline_class, pipeline_class)
     if pipeline_class == SDXL.pipeline:
         return SDXL
     if pipeline_class != SD1.pipeline:

@@ -17,7 +17,14 @@ from contextlib import contextmanager
 from itertools import chain
 
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
+)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .checkpoints import Checkpoint, checked_path, inspect_checkpoint, is_single_file, read_header
@@ -52,7 +59,34 @@ class StudioXLPipeline(StableDiffusionXLPipeline):
     _callback_tensor_inputs = [*StableDiffusionXLPipeline._callback_tensor_inputs, *_STEP_TENSORS]
 
 
+class StudioImg2ImgPipeline(StableDiffusionImg2ImgPipeline):
+    _callback_tensor_inputs = [*StableDiffusionImg2ImgPipeline._callback_tensor_inputs,
+                               *_STEP_TENSORS]
+
+
+class StudioXLImg2ImgPipeline(StableDiffusionXLImg2ImgPipeline):
+    _callback_tensor_inputs = [*StableDiffusionXLImg2ImgPipeline._callback_tensor_inputs,
+                               *_STEP_TENSORS]
+
+
+class StudioInpaintPipeline(StableDiffusionInpaintPipeline):
+    _callback_tensor_inputs = [*StableDiffusionInpaintPipeline._callback_tensor_inputs,
+                               *_STEP_TENSORS]
+
+
+class StudioXLInpaintPipeline(StableDiffusionXLInpaintPipeline):
+    _callback_tensor_inputs = [*StableDiffusionXLInpaintPipeline._callback_tensor_inputs,
+                               *_STEP_TENSORS]
+
+
 Pipeline = StudioPipeline | StudioXLPipeline
+# Per workflow, the pipeline a run builds over the shared one's modules (``run_view``):
+# SD 1.x/2.x, then SDXL.
+WORKFLOWS = {
+    "txt2img": (StudioPipeline, StudioXLPipeline),
+    "img2img": (StudioImg2ImgPipeline, StudioXLImg2ImgPipeline),
+    "inpaint": (StudioInpaintPipeline, StudioXLInpaintPipeline),
+}
 PIPELINE_CLASSES: dict[str, type[Pipeline]] = {
     "StableDiffusionPipeline": StudioPipeline,
     "StableDiffusionXLPipeline": StudioXLPipeline,
@@ -307,18 +341,19 @@ def _scheduler(config: dict) -> SchedulerMixin:
     return cls.from_config(config)
 
 
-def run_view(shared: Pipeline, scheduler: SchedulerMixin) -> Pipeline:
-    """A pipeline of the shared one's class over its modules, with this run's scheduler:
-    nothing shared changes. SDXL's empty-negative-prompt rule is the model's own."""
+def run_view(shared: Pipeline, scheduler: SchedulerMixin, workflow: str = "txt2img"):
+    """A pipeline for the workflow (``WORKFLOWS``: the stock text-to-image, img2img or
+    inpainting pipeline) over the shared one's modules, with this run's scheduler: nothing
+    shared changes. SDXL's empty-negative-prompt rule is the model's own."""
     components = {**shared.components, "scheduler": scheduler}
     if isinstance(shared, StableDiffusionXLPipeline):
-        pipe = StudioXLPipeline(
+        pipe = WORKFLOWS[workflow][1](
             **components,
             force_zeros_for_empty_prompt=shared.config.force_zeros_for_empty_prompt,
             add_watermarker=False,
         )
     else:
-        pipe = StudioPipeline(**components, requires_safety_checker=False)
+        pipe = WORKFLOWS[workflow][0](**components, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     if hasattr(shared, _OFFLOAD_DEVICE):
         setattr(pipe, _OFFLOAD_DEVICE, getattr(shared, _OFFLOAD_DEVICE))

@@ -93,6 +93,7 @@ def format_parameters(recipe: Recipe, lora_hashes: Mapping[str, str] | None = No
     if recipe.subseed_strength:
         settings["Variation seed"] = recipe.subseed + recipe.batch_index
         settings["Variation seed strength"] = f"{recipe.subseed_strength:g}"
+    settings.update(_image_settings(recipe))
     if recipe.loras and lora_hashes:
         # As A1111 writes them: "name: short hash" pairs, the whole value quoted.
         settings["Lora hashes"] = ", ".join(
@@ -110,6 +111,24 @@ def format_parameters(recipe: Recipe, lora_hashes: Mapping[str, str] | None = No
     return "\n".join(lines)
 
 
+def _image_settings(recipe: Recipe) -> dict[str, Any]:
+    """What A1111 writes for img2img, inpainting and a hires fix (whose "Size" is the first
+    pass's, as the recipe's width and height are). A1111's parameters do not name the input
+    image; Studio's recipe chunk does."""
+    settings: dict[str, Any] = {}
+    if recipe.init_image is not None and recipe.strength is not None:
+        settings["Denoising strength"] = f"{recipe.strength:g}"
+        if recipe.mask is not None and recipe.mask_blur:
+            settings["Mask blur"] = recipe.mask_blur
+    if recipe.hires is not None:
+        settings["Denoising strength"] = f"{recipe.hires.strength:g}"
+        settings["Hires upscale"] = f"{recipe.hires.scale:g}"
+        if recipe.hires.steps:
+            settings["Hires steps"] = recipe.hires.steps
+        settings["Hires upscaler"] = recipe.hires.upscaler
+    return settings
+
+
 def _lora_alias(name: str) -> str:
     """A1111 drops the characters that would split its list."""
     return name.replace(":", "").replace(",", "")
@@ -121,8 +140,9 @@ def parse_parameters(text: str) -> dict[str, Any]:
     Returns ``prompt`` and ``negative_prompt`` (either may span lines), ``settings`` with
     every "Key: value" of the last line as text, and the common settings typed: ``steps``,
     ``sampler``, ``cfg_scale``, ``seed``, ``width``, ``height``, ``model``, ``model_hash``,
-    ``subseed`` and ``subseed_strength`` where present. Raises ParametersTooLong for a text
-    over MAX_PARAMETERS_CHARS, before reading any of it.
+    ``subseed``, ``subseed_strength``, ``denoising_strength``, ``mask_blur``,
+    ``hires_scale``, ``hires_steps`` and ``hires_upscaler`` where present. Raises
+    ParametersTooLong for a text over MAX_PARAMETERS_CHARS, before reading any of it.
     """
     if len(text) > MAX_PARAMETERS_CHARS:
         raise ParametersTooLong(len(text))
@@ -227,6 +247,11 @@ _TYPED = {
     "Model hash": ("model_hash", str),
     "Variation seed": ("subseed", int),
     "Variation seed strength": ("subseed_strength", float),
+    "Denoising strength": ("denoising_strength", float),
+    "Mask blur": ("mask_blur", int),
+    "Hires upscale": ("hires_scale", float),
+    "Hires steps": ("hires_steps", int),
+    "Hires upscaler": ("hires_upscaler", str),
 }
 
 

@@ -14,6 +14,8 @@ from functools import cache
 from importlib import metadata
 from typing import Any
 
+from .inputs import Hires, ImageRef, MaskRef, inputs_from_json, inputs_json
+
 SEED_MAX = 2**32 - 1
 MAX_STEPS = 1000
 MAX_GUIDANCE = 30.0
@@ -114,6 +116,15 @@ class Recipe:
     width: int = 64
     height: int = 64
     loras: tuple[LoraRef, ...] = ()
+    # Image to image (inputs.py): the input and mask by the hash of their stored PNGs;
+    # ``strength`` is None for text to image. ``paste_back``: the original pixels go back
+    # outside the (blurred) mask after decoding, as A1111 does and stock diffusers does not.
+    init_image: ImageRef | None = None
+    strength: float | None = None
+    mask: MaskRef | None = None
+    mask_blur: int = 0
+    paste_back: bool = True
+    hires: Hires | None = None
     # Filled in by ``generate`` from the pipeline and the process that ran it.
     dtype: str | None = None
     device: str | None = None
@@ -155,6 +166,7 @@ class Recipe:
             "width": self.width,
             "height": self.height,
             "loras": [lora.to_json() for lora in self.loras],
+            **inputs_json(self),
             "dtype": self.dtype,
             "device": self.device,
             "threads": self.threads,
@@ -183,6 +195,9 @@ class Recipe:
             loras = data.get("loras") or []
             if not isinstance(loras, list) or len(loras) > MAX_LORAS:
                 raise RecipeError({"loras": f"must be a list of at most {MAX_LORAS} LoRAs"})
+            parts, errors = inputs_from_json(data)
+            if errors:
+                raise RecipeError(errors)
             recipe = cls(
                 model=model,
                 loras=tuple(LoraRef(**lora) for lora in loras),
@@ -191,6 +206,7 @@ class Recipe:
                 else SchedulerRef(class_name=scheduler["class"], config=scheduler["config"]),
                 versions=None if versions is None else Versions(**versions),
                 **fields,
+                **parts,
             )
         except (AttributeError, KeyError, TypeError) as exc:
             raise RecipeError({"recipe": f"not a Studio recipe: {exc}"}) from exc
@@ -251,6 +267,9 @@ _SCALARS = (
     "device",
     "threads",
     "vae_tiling",
+    "strength",
+    "mask_blur",
+    "paste_back",
 )
 
 

@@ -13,6 +13,9 @@ from PIL import Image
 
 from .checkpoints import is_single_file
 from .comparison import Comparison, compare_images
+from .errors import GenerationError, InputMissingError, WeightsMismatchError
+from .image_runs import Inputs, decode, from_image, paste_back, read_inputs, refine
+from .inputs import output_size
 from .lora_weights import apply_loras
 from .models import (
     Pipeline,
@@ -23,35 +26,18 @@ from .models import (
     resolve_device,
     run_view,
 )
-from .previews import (
-    DEFAULT_PREVIEWS,
-    DecodedPreview,
-    LatentPreview,
-    LatentRGB,
-    Previews,
-    StepPreview,
-    alpha_bar_at,
-    latent_rgb_for,
-    vae_decode,
-    x0_from,
-)
+from .previews import DEFAULT_PREVIEWS, LatentRGB, Previews, latent_rgb_for
 from .recipe import Recipe, Versions
 from .samplers import make_scheduler, scheduler_from_ref, scheduler_ref
 from .seeds import generators, initial_noise
 from .specs import model_dir, weights_hash
+from .stepper import OnStep, ShouldCancel, Stepper, interrupt
 from .vae_tiling import decode_in_tiles, tiling_for
 from .validation import validate_recipe
 
-OnStep = Callable[[int, int, StepPreview | None, float], None]
-ShouldCancel = Callable[[], bool]
-
-
-class WeightsMismatchError(RuntimeError):
-    """The model's weights are not the ones the recipe was made with."""
-
-
-class GenerationError(RuntimeError):
-    """The run finished but produced no usable image."""
+# Raised by generate and imported from here by callers; interrupt: by the internals test.
+__all__ = ["GenerationError", "InputMissingError", "Result", "WeightsMismatchError",
+           "generate", "interrupt", "reproduce"]
 
 
 @dataclass
@@ -73,6 +59,7 @@ def generate(
     lora_files: Mapping[str, Path] | None = None,
     hashes: Callable[[str], str] = weights_hash,
     vae_tiling: str = "off",
+    inputs: Mapping[str, bytes] | None = None,
 ) -> Result:
     """Make the recipe's images.
 
@@ -81,17 +68,23 @@ def generate(
     Studio's worker passes its database-kept lookup, so a checkpoint of gigabytes is not
     hashed again in every new worker process. ``vae_tiling`` (off, on, auto: ``tiling_for``)
     decides whether the VAE decodes in tiles, unless the recipe says (``_tiled``).
+    ``inputs`` maps the sha256 of each input the recipe names (init image, mask) to its
+    canonical PNG bytes (``inputs.canonical_image``); InputMissingError names one not given.
 
     1. Load the pipeline unless given, validate the recipe against it and check that the
-       weights and the LoRAs' files are the ones the recipe names; apply the LoRAs.
+       weights, the LoRAs' files and the inputs are the ones the recipe names; apply the
+       LoRAs.
     2. Resolve what only this run knows: the scheduler, device, dtype, threads, versions,
        VAE tiling. The shared pipeline is marked in use throughout (``models.in_use``).
-    3. Draw the initial noise and run the stock pipeline; after each step the callback reports
-       ``on_step(step, total, preview, elapsed)`` and checks ``should_cancel()``. The preview
+    3. Run the passes (``_run``): text to image from the initial noise drawn here, or the
+       stock img2img or inpainting pipeline, and a hires fix's second pass. After each step
+       the callback reports ``on_step(step, total, preview, elapsed)``, ``total`` being
+       ``steps_run(recipe)``, and checks ``should_cancel()``. The preview
        is a StepPreview: its ``render()`` gives the picture's bytes. ``on_step`` runs on the
        sampling thread, between steps: a caller with much to do per step hands it on (Studio's
        worker sends it to another process, generation/sidecar.py).
-    4. Unless canceled, decode the latents: one image and one recipe per batch index.
+    4. Unless canceled, decode the latents, pasting the init image back outside the mask
+       where the recipe says: one image and one recipe per batch index.
     """
     started = time.perf_counter()
     lora_files = lora_files or {}
@@ -100,35 +93,66 @@ def generate(
         pipeline = load_pipeline(recipe.model.source, device=device, dtype=dtype)
     loaded = time.perf_counter()
     with in_use(pipeline):
-        spec = pipeline_spec(pipeline)
-        validate_recipe(recipe, spec)
-        recipe = _with_checked_hashes(recipe, spec.family, lora_files, hashes)
-        apply_loras(pipeline, [(lora.name, lora_files[lora.name], lora.hash, lora.weight)
-                               for lora in recipe.loras])
-        pipe = _run_pipeline(recipe, pipeline)
+        recipe, pipe, pictures = _prepared(recipe, pipeline, lora_files, hashes, inputs)
         recipe = _resolved(_tiled(recipe, pipeline, vae_tiling), pipe)
-        stepper = _Stepper(
+        stepper = Stepper(
             recipe, on_step, should_cancel, preview, _latent_rgb(recipe, pipe, preview)
         )
         if should_cancel is not None and should_cancel():
-            return Result(
-                images=[], recipes=[], timings=stepper.timings(loaded - started), canceled=True
-            )
-        tiled = getattr(recipe, "vae_tiling", False)  # decided by now (_tiled)
-        with pinned_threads(recipe.threads), decode_in_tiles(pipe, tiled):
-            latents = _denoise(pipe, recipe, stepper)
+            return _canceled(stepper, loaded - started)
+        with pinned_threads(recipe.threads), decode_in_tiles(pipe, recipe.vae_tiling):
+            latents = _run(pipe, recipe, stepper, pictures)
             if stepper.canceled:
-                return Result(
-                    images=[], recipes=[], timings=stepper.timings(loaded - started),
-                    canceled=True,
-                )
+                return _canceled(stepper, loaded - started)
             decode_started = time.perf_counter()
-            images = _decode(pipe, latents)
+            images = paste_back(pipe, decode(pipe, latents), recipe, pictures)
     timings = stepper.timings(loaded - started)
     timings["decode"] = time.perf_counter() - decode_started
     timings["total"] = time.perf_counter() - started
     recipes = [recipe.with_batch_index(i) for i in range(recipe.batch_size)]
     return Result(images=images, recipes=recipes, timings=timings)
+
+
+def _prepared(
+    recipe: Recipe,
+    shared: Pipeline,
+    lora_files: Mapping[str, Path],
+    hashes: Callable[[str], str],
+    inputs: Mapping[str, bytes] | None,
+) -> tuple[Recipe, Pipeline, Inputs]:
+    """Step 1 on the shared pipeline: the recipe validated against it, with the hashes of
+    the model and LoRAs checked and filled in, the LoRAs applied, the run's view of the
+    pipeline with its own scheduler, and the inputs the recipe names, read."""
+    spec = pipeline_spec(shared)
+    validate_recipe(recipe, spec)
+    pictures = read_inputs(recipe, inputs)
+    recipe = _with_checked_hashes(recipe, spec.family, lora_files, hashes)
+    apply_loras(shared, [(lora.name, lora_files[lora.name], lora.hash, lora.weight)
+                         for lora in recipe.loras])
+    return recipe, _run_pipeline(recipe, shared), pictures
+
+
+def _canceled(stepper: Stepper, load_seconds: float) -> Result:
+    return Result(images=[], recipes=[], timings=stepper.timings(load_seconds), canceled=True)
+
+
+def _run(pipe: Pipeline, recipe: Recipe, stepper: Stepper, pictures: Inputs) -> torch.Tensor:
+    """The run's passes, to its final latents: text to image, or img2img or inpainting from
+    the init image (``image_runs``); a hires fix refines the text-to-image latents."""
+    stepper.start()
+    if recipe.init_image is not None:
+        latents = from_image(pipe, recipe, stepper, pictures)
+    else:
+        stepper.begin_pass(recipe.steps, pipe)
+        latents = _denoise(pipe, recipe, stepper)
+        if recipe.hires is not None and not stepper.canceled:
+            latents = refine(pipe, recipe, stepper, latents)
+    if not stepper.canceled and not torch.isfinite(latents).all():
+        raise GenerationError(
+            f"{recipe.sampler} produced non-finite latents at {recipe.steps} steps on this model; "
+            "try more steps or another sampler"
+        )
+    return latents
 
 
 # Whether this Studio's recipes have the field that records VAE tiling (engine/recipe.py).
@@ -140,8 +164,9 @@ def _tiled(recipe: Recipe, shared: Pipeline, mode: str) -> Recipe:
     if tiled is None and recipe.versions is not None:
         tiled = False
     if tiled is None:
-        tiled = tiling_for(shared, mode, batch_size=recipe.batch_size, width=recipe.width,
-                           height=recipe.height)
+        width, height = output_size(recipe)
+        tiled = tiling_for(shared, mode, batch_size=recipe.batch_size, width=width,
+                           height=height)
     return replace(recipe, vae_tiling=tiled)
 
 
@@ -225,8 +250,9 @@ def _latent_rgb(recipe: Recipe, pipe: Pipeline, preview: Previews | None) -> Lat
     return _latent_rgb_cache[recipe.model.hash]
 
 
-def _denoise(pipe: Pipeline, recipe: Recipe, stepper: "_Stepper") -> torch.Tensor:
-    """The stock pipeline's denoising loop, from this recipe's noise, to the final latents."""
+def _denoise(pipe: Pipeline, recipe: Recipe, stepper: Stepper) -> torch.Tensor:
+    """The stock text-to-image pipeline's denoising loop, from this recipe's noise, to the
+    final latents."""
     image_generators = generators(recipe.seed, recipe.batch_size)
     scale = pipe.vae_scale_factor
     shape = (
@@ -243,8 +269,7 @@ def _denoise(pipe: Pipeline, recipe: Recipe, stepper: "_Stepper") -> torch.Tenso
         device=pipe.device,
         dtype=_prompt_dtype(pipe),  # what the stock pipeline draws in
     )
-    stepper.start()
-    latents = pipe(
+    return pipe(
         prompt=recipe.prompt,
         negative_prompt=recipe.negative_prompt or None,
         num_images_per_prompt=recipe.batch_size,
@@ -260,12 +285,6 @@ def _denoise(pipe: Pipeline, recipe: Recipe, stepper: "_Stepper") -> torch.Tenso
         callback_on_step_end=stepper,
         callback_on_step_end_tensor_inputs=stepper.tensor_inputs,
     ).images
-    if not stepper.canceled and not torch.isfinite(latents).all():
-        raise GenerationError(
-            f"{recipe.sampler} produced non-finite latents at {recipe.steps} steps on this model; "
-            "try more steps or another sampler"
-        )
-    return latents
 
 
 def _prompt_dtype(pipe: Pipeline) -> torch.dtype:
@@ -275,111 +294,21 @@ def _prompt_dtype(pipe: Pipeline) -> torch.dtype:
     return (pipe.text_encoder if encoder is None else encoder).dtype
 
 
-@torch.no_grad()
-def _decode(pipe: Pipeline, latents: torch.Tensor) -> list[Image.Image]:
-    """The stock pipeline's decode (no safety checker, no watermark), timed apart from the
-    steps."""
-    image = vae_decode(pipe, latents)
-    return pipe.image_processor.postprocess(
-        image, output_type="pil", do_denormalize=[True] * len(image)
-    )
-
-
-class _Stepper:
-    """The pipeline's ``callback_on_step_end``: step timings, previews and the cancel check.
-
-    Second-order samplers call the model twice per step; a step counts when the pipeline's
-    own progress bar would advance, so ``on_step`` fires exactly ``steps`` times, on the
-    sampling thread: a failure in it stops the run at that step and is raised from
-    ``generate``. Whatever ``on_step`` does adds to every step, so a caller with much to do
-    per step does it in another process (Studio's worker does, generation/sidecar.py): a
-    thread beside the loop would take turns with it at the interpreter lock.
-    """
-
-    def __init__(
-        self,
-        recipe: Recipe,
-        on_step: OnStep | None,
-        should_cancel: ShouldCancel | None,
-        preview: Previews | None,
-        latent_rgb: LatentRGB | None,
-    ):
-        self.recipe = recipe
-        self.on_step = on_step
-        self.should_cancel = should_cancel
-        self.preview = preview if on_step is not None else None
-        self.latent_rgb = latent_rgb
-        self.tensor_inputs = ["noise_pred", "latent_model_input"] if self.preview else []
-        self.alphas_cumprod: list[float] | None = None
-        self.step = 0
-        self.step_seconds: list[float] = []
-        self.canceled = False
-
-    def start(self) -> None:
-        self.started = self.last = time.perf_counter()
-
-    def __call__(self, pipe: Pipeline, i: int, t: torch.Tensor, tensors: dict) -> dict:
-        if self._completes_step(pipe, i):
-            self.step += 1
-            now = time.perf_counter()
-            self.step_seconds.append(now - self.last)
-            self.last = now
-            if self.on_step is not None:
-                image = self._preview(pipe, t, tensors) if self.preview else None
-                self.on_step(self.step, self.recipe.steps, image, now - self.started)
-        if self.should_cancel is not None and self.should_cancel():
-            interrupt(pipe)
-            self.canceled = True
-        return {}
-
-    def _completes_step(self, pipe: Pipeline, i: int) -> bool:
-        # The rule both pipelines' progress bars follow.
-        order = pipe.scheduler.order
-        warmup = pipe.num_timesteps - self.recipe.steps * order
-        return i == pipe.num_timesteps - 1 or (i + 1 > warmup and (i + 1) % order == 0)
-
-    def _preview(self, pipe: Pipeline, t: torch.Tensor, tensors: dict) -> StepPreview:
-        if self.alphas_cumprod is None:
-            self.alphas_cumprod = pipe.scheduler.alphas_cumprod.tolist()
-        output = tensors["noise_pred"].float()
-        model_input = tensors["latent_model_input"][-len(output) :].float()
-        alpha_bar = alpha_bar_at(self.alphas_cumprod, t)
-        prediction_type = pipe.scheduler.config.prediction_type
-        if self.preview.vae_every and self.step % self.preview.vae_every == 0:
-            x0 = x0_from(output, model_input, alpha_bar, prediction_type)
-            with torch.no_grad():
-                rgb = vae_decode(pipe, x0.to(pipe.vae.dtype))
-            return DecodedPreview(rgb=rgb.float().cpu().numpy(), options=self.preview)
-        # Copies: the pipeline owns these tensors, and the preview is rendered later.
-        return LatentPreview(
-            model_output=output.cpu().numpy().copy(),
-            model_input=model_input.cpu().numpy().copy(),
-            alpha_bar=alpha_bar,
-            prediction_type=prediction_type,
-            latent_rgb=self.latent_rgb,
-            options=self.preview,
-        )
-
-    def timings(self, load_seconds: float) -> dict[str, Any]:
-        return {"load": load_seconds, "steps": self.step_seconds}
-
-
-def interrupt(pipe: Pipeline) -> None:
-    """Stop the pipeline's denoising loop: it skips its remaining iterations. This is
-    diffusers' documented way from a step callback, though the attribute is underscored;
-    tests/generation/test_library_internals.py fails if an upgrade drops it."""
-    pipe._interrupt = True
-
-
 def reproduce(
-    recipe: Recipe, original: Image.Image, *, pipeline: Pipeline
+    recipe: Recipe,
+    original: Image.Image,
+    *,
+    pipeline: Pipeline,
+    inputs: Mapping[str, bytes] | None = None,
 ) -> tuple[Image.Image, Comparison]:
-    """Run the recipe again and compare with ``original``.
+    """Run the recipe again, from the same ``inputs`` (as ``generate`` takes them), and
+    compare with ``original``.
 
     The whole batch runs again, at the recorded threads, so the image at ``batch_index`` can
     come out identical; a single run with seed + batch_index would only be within a level.
-    ``generate`` refuses (WeightsMismatchError) when the weights are not the recipe's.
+    ``generate`` refuses (WeightsMismatchError) when the weights are not the recipe's, and
+    (InputMissingError) when an input it names is not given.
     """
-    result = generate(recipe, pipeline=pipeline, preview=None)
+    result = generate(recipe, pipeline=pipeline, preview=None, inputs=inputs)
     image = result.images[recipe.batch_index]
     return image, compare_images(original, image)

@@ -26,6 +26,8 @@ from .recipe import ModelLimits
 # A model takes sizes from this many latent pixels up to this many times its native size.
 MIN_LATENT_SIZE = 8
 MAX_SIZE_FACTOR = 4
+# The input channels of an inpainting UNet: 4 latent, 1 mask, 4 of the masked image's latents.
+INPAINTING_CHANNELS = 9
 # Hub errors that mean "not there" or "not a repo id" are OSError or ValueError subclasses.
 _READ_ERRORS = (OSError, ValueError)
 _VOCABULARY_FILES = ("vocab.json", "tokenizer.json")
@@ -102,6 +104,8 @@ class ModelSpec:
     native_size: int
     family: str  # a name in families.FAMILIES: sd1, sd2 or sdxl
     context_width: int  # the width of the text the UNet attends to (a LoRA's must match)
+    # A 9-channel inpainting UNet (latents, mask, masked image): it only inpaints.
+    inpainting: bool = False
 
     @property
     def limits(self) -> ModelLimits:
@@ -216,4 +220,5 @@ def spec_from_configs(
         native_size=native * scale,
         family=family,
         context_width=context_width,
+        inpainting=unet.get("in_channels") == INPAINTING_CHANNELS,
     )

@@ -2,11 +2,14 @@
 
 from dataclasses import replace
 
+from .input_checks import input_errors
+from .inputs import Hires, ImageRef, MaskRef
 from .recipe import (
     DEFAULT_GUIDANCE,
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
     MAX_PROMPT_CHARS,
+    SIZE_MULTIPLE,
     LoraRef,
     ModelRef,
     Recipe,
@@ -40,6 +43,7 @@ def validate_recipe(recipe: Recipe, spec: ModelSpec | None = None) -> None:
         errors.update(check_scheduler(recipe.scheduler, recipe.sampler, spec.scheduler_config,
                                       recipe.seed, recipe.batch_size))
     errors.update(_prompt_errors(recipe, spec))
+    errors.update(input_errors(recipe, spec.limits, inpainting=spec.inpainting))
     if errors:
         raise RecipeError(errors)
 
@@ -74,12 +78,18 @@ def build_recipe(
     height: int | None = None,
     batch_size: int = 1,
     loras: tuple[LoraRef, ...] = (),
+    init_image: ImageRef | None = None,
+    strength: float | None = None,
+    mask: MaskRef | None = None,
+    mask_blur: int = 0,
+    paste_back: bool = True,
+    hires: Hires | None = None,
 ) -> Recipe:
     """A validated recipe with its scheduler resolved, ready to store with a job.
 
     1. Read the model's spec: configs and tokenizer, not the weights.
     2. Fill the defaults: a random seed (stored, so the recipe says which seed ran) and the
-       model's native size.
+       size: an init image's, down to a multiple of 8, else the model's native size.
     3. Validate every field, then resolve the sampler to its full scheduler config.
     The model's hash, and each LoRA's, is the caller's: building a recipe never reads the
     weights, since a checkpoint of gigabytes takes seconds to hash and web requests build
@@ -91,6 +101,7 @@ def build_recipe(
     except ModelLoadError as exc:
         raise RecipeError({"model": f"cannot be read: {exc}"}) from exc
     model = replace(model, family=spec.family)
+    default_width, default_height = _default_size(init_image, spec.native_size)
     recipe = Recipe(
         prompt=prompt,
         negative_prompt=negative_prompt,
@@ -101,11 +112,26 @@ def build_recipe(
         seed=random_seed() if seed is None else seed,
         subseed=subseed,
         subseed_strength=subseed_strength,
-        width=spec.native_size if width is None else width,
-        height=spec.native_size if height is None else height,
+        width=default_width if width is None else width,
+        height=default_height if height is None else height,
         batch_size=batch_size,
         loras=tuple(loras),
+        init_image=init_image,
+        strength=strength,
+        mask=mask,
+        mask_blur=mask_blur,
+        paste_back=paste_back,
+        hires=hires,
     )
     validate_recipe(recipe, spec)
     scheduler = resolved_ref(sampler, spec.scheduler_config, recipe.seed, batch_size)
     return replace(recipe, scheduler=scheduler)
+
+
+def _default_size(image: ImageRef | None, native: int) -> tuple[int, int]:
+    if image is None or not isinstance(image.width, int) or not isinstance(image.height, int):
+        return native, native
+    def down(side: int) -> int:
+        return side // SIZE_MULTIPLE * SIZE_MULTIPLE
+
+    return down(image.width), down(image.height)

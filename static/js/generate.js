@@ -3,6 +3,8 @@
 // Every unfinished job in "Recent jobs" is watched the same way, so its row never goes stale,
 // and each has a cancel button there; after a reload the preview picks up the running job.
 // Text from the server is always set with textContent, never parsed as HTML.
+// The form's own helpers live in generate_form.js; the input image and its mask in
+// input_image.js and mask_editor.js, which this file asks for them as it posts.
 (() => {
   "use strict";
   const form = document.getElementById("generate-form");
@@ -38,51 +40,6 @@
     seedInput.value = lastSeed;
   });
 
-  // A model opens at its own native size: when the model changes, a width and height still at
-  // the old model's native size follow the new one's (GET /api/v1/models says each one's).
-  const modelSelect = document.getElementById("id_model");
-  const sizes = ["id_width", "id_height"].map((id) => document.getElementById(id));
-  let nativeSizes = null;
-  let previousModel = modelSelect.value;
-  modelSelect.addEventListener("change", async () => {
-    const [from, to] = [previousModel, modelSelect.value];
-    previousModel = to;
-    if (nativeSizes === null) {
-      try {
-        const response = await fetch("/api/v1/models", { headers: { Accept: "application/json" } });
-        if (!response.ok) return;
-        nativeSizes = Object.fromEntries((await response.json()).map((m) => [m.name, m.native_size]));
-      } catch (error) {
-        return;  // the sizes stay as they are; the server checks them
-      }
-    }
-    const before = nativeSizes[from];
-    const after = nativeSizes[to];
-    if (!after || modelSelect.value !== to) return;
-    for (const input of sizes) {
-      if (input && (input.value === "" || Number(input.value) === before)) input.value = after;
-    }
-  });
-
-  // The LoRA picker adds `name:weight` to the loras field, replacing that LoRA's weight if it
-  // is there already; the field stays editable text.
-  const loraAdd = document.getElementById("lora-add");
-  if (loraAdd) {
-    loraAdd.addEventListener("click", () => {
-      const field = document.getElementById("id_loras");
-      const name = document.getElementById("lora-pick").value;
-      const weight = document.getElementById("lora-weight").value || "1";
-      const nameOf = (entry) => {
-        const colon = entry.lastIndexOf(":");
-        return (colon < 0 ? entry : entry.slice(0, colon)).trim();
-      };
-      const entries = field.value.split(",").map((s) => s.trim()).filter(Boolean)
-        .filter((entry) => nameOf(entry) !== name);
-      entries.push(`${name}:${weight}`);
-      field.value = entries.join(", ");
-    });
-  }
-
   function clearErrors() {
     form.querySelectorAll("[data-error-for]").forEach((el) => { el.textContent = ""; });
     form.querySelectorAll(".field.has-error").forEach((el) => el.classList.remove("has-error"));
@@ -97,15 +54,19 @@
       if (slot) {
         slot.textContent = message;
         slot.closest(".field").classList.add("has-error");
+        // A field inside a closed section (Variation seed, Hires fix) opens it to be seen.
+        const section = slot.closest("details");
+        if (section) section.open = true;
       } else {
         document.getElementById("form-error").textContent = message;
       }
     }
     // On a phone the button is far below the prompt: take the person to the first field
     // that needs fixing (the form's order, not the server's), or to the form's own error.
-    const first = form.querySelector(".field.has-error")?.querySelector("input, select, textarea");
+    const failed = form.querySelector(".field.has-error");
+    const first = failed?.querySelector("input:not(.sr-only), select, textarea, button");
     if (first) first.focus();
-    else bringIntoView(document.getElementById("form-error"));
+    else bringIntoView(failed || document.getElementById("form-error"));
   }
 
   // Scroll to `element` unless it is already in sight, without motion for those who asked
@@ -125,9 +86,9 @@
     button.disabled = true;
     try {
       const response = await fetch(form.action, {
-        method: "POST", body: new FormData(form), headers: { Accept: "application/json" },
+        method: "POST", body: formData(), headers: { Accept: "application/json" },
       });
-      const body = await response.json();
+      const body = await answer(response);
       if (!response.ok) {
         showErrors(body.errors || { __all__: body.error || "Something went wrong." });
         return;
@@ -141,6 +102,29 @@
       button.disabled = false;
     }
   });
+
+  // The form's fields, the input image and mask as data URLs (input_image.js), and every
+  // yes/no field as true or false: an unticked box would send nothing, meaning its default.
+  function formData() {
+    const data = new FormData(form);
+    window.StudioInput?.fill(data);
+    form.querySelectorAll("input[data-bool]").forEach((box) => {
+      if (!box.disabled) data.set(box.name, box.checked ? "true" : "false");
+    });
+    return data;
+  }
+
+  // The JSON body, or an error in the same shape when a proxy or the body limit answered.
+  async function answer(response) {
+    try {
+      return await response.json();
+    } catch {
+      const message = response.status === 413
+        ? "That is too much to send at once: use a smaller input image."
+        : `Studio answered ${response.status}; please retry.`;
+      return { errors: { __all__: message } };
+    }
+  }
 
   cancelButton.addEventListener("click", () => {
     const socket = current && sockets.get(current.id);
@@ -272,16 +256,23 @@
 
   function showResults(images) {
     results.replaceChildren(...images.map((image) => {
+      const box = document.createElement("div");
+      box.className = "result";
       const link = document.createElement("a");
       link.href = image.page_url || image.url;
-      link.className = "result";
       const img = document.createElement("img");
       img.src = image.url;
       img.alt = `Result ${image.index + 1}, seed ${image.seed}`;
       const caption = document.createElement("span");
       caption.textContent = `seed ${image.seed}`;
       link.append(img, caption);
-      return link;
+      const use = Object.assign(document.createElement("a"), {
+        href: `/generate/?input_image=${encodeURIComponent(image.id)}`,
+        className: "button small secondary use-input", textContent: "Use as input",
+      });
+      use.dataset.useInput = image.id;
+      box.append(link, use);
+      return box;
     }));
     if (images.length) {
       preview.src = images[0].url;
@@ -289,6 +280,15 @@
       previewEmpty.hidden = true;
     }
   }
+
+  // "Use as input" on a result: straight into the input area, keeping the form as it is.
+  results.addEventListener("click", async (event) => {
+    const use = event.target.closest("a[data-use-input]");
+    if (!use || !window.StudioInput) return;
+    event.preventDefault();
+    await window.StudioInput.useImage(use.dataset.useInput);
+    window.StudioInput.show();
+  });
 
   // Cancel from a row of "Recent jobs": a queued job ends at once, a running one within a
   // step. The answer is the job's state, drawn like a socket's.

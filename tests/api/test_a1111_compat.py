@@ -68,9 +68,9 @@ def test_unauthenticated_calls_are_refused(studio_server, alice, token):
 def test_enabled_features_studio_lacks_are_refused_by_name(studio_server, alice, token, tiny):
     api = webui(studio_server, "alice", token(alice))
     with pytest.raises(RuntimeError) as refused:
-        api.txt2img(prompt="red circle", enable_hr=True, restore_faces=True)
+        api.txt2img(prompt="red circle", tiling=True, restore_faces=True)
     status, text = refused.value.args
-    assert status == 422 and "enable_hr" in text and "restore_faces" in text
+    assert status == 422 and "tiling" in text and "restore_faces" in text
     with pytest.raises(RuntimeError) as bad_size:
         api.txt2img(prompt="red circle", width=33, cfg_scale=99)
     assert '"width"' in bad_size.value.args[1] and '"cfg_scale"' in bad_size.value.args[1]

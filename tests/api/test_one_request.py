@@ -7,7 +7,7 @@ import json
 import pytest
 from django.test import Client
 
-from generation import a1111_request, compat_openai, engine, job_request
+from generation import a1111_img2img, a1111_request, compat_openai, engine, job_request
 from generation.job_request import Refused
 
 pytestmark = pytest.mark.django_db
@@ -24,11 +24,15 @@ def test_the_api_schema_is_the_request_definition(client):
 
 
 def test_every_door_reads_every_field_by_its_own_name():
-    a1111 = set(a1111_request.Txt2ImgIn.model_fields)
-    assert {a1111_request.FIELDS.get(name, name) for name in job_request.NAMES} - a1111 == {
+    # txt2img reads the hires fields (as hr_*), img2img the image ones: together, every field.
+    a1111 = set(a1111_request.Txt2ImgIn.model_fields) | set(a1111_img2img.Img2ImgIn.model_fields)
+    names = {**a1111_request.TXT2IMG_NAMES, **a1111_img2img.IMG2IMG_NAMES}
+    assert {names.get(name, name) for name in job_request.NAMES} - a1111 == {
         "override_settings.sd_model_checkpoint"}  # the model: a key of override_settings
     openai = set(compat_openai.GenerateIn.model_fields)
     assert {compat_openai.PARAMS.get(name, name) for name in job_request.NAMES} <= openai
+    edits = {*compat_openai.EditIn.model_fields, "image", "mask"}  # the files
+    assert {compat_openai.EDIT_PARAMS.get(name, name) for name in job_request.NAMES} <= edits
 
 
 def test_the_a1111_door_passes_the_shared_fields_through():

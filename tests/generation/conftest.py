@@ -7,27 +7,32 @@ saved both as a diffusers folder and as a single-file checkpoint in the original
 (``family_models``). Saved and loaded back, as real models are.
 """
 
+import io
 import json
 import shutil
 import string
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import (
     AutoencoderKL,
     EulerDiscreteScheduler,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
+from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from generation import engine
 from generation.demo_model.architecture import sampling_scheduler
 from generation.engine.families import CONFIGS
+from generation.engine.samplers import scheduler_from_ref
 from generation.engine.specs import config_tokenizer
 
 from .checkpoint_files import pipeline_to_original
@@ -249,3 +254,87 @@ def family_pipeline(family_models):
         return engine.load_pipeline(source, device="cpu", dtype=torch.float32)
 
     return load
+
+
+# ---- Image to image (test_engine_img2img.py, test_engine_inpaint.py, test_engine_hires.py) ----
+
+def png_bytes(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def picture(width: int = 32, height: int = 32) -> Image.Image:
+    """An input image with shapes and colours a model's VAE keeps apart."""
+    image = Image.new("RGB", (width, height), (30, 60, 200))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((width // 6, height // 6, width * 5 // 6, height * 5 // 6), fill=(220, 40, 40))
+    draw.rectangle((0, height * 3 // 4, width // 2, height), fill=(240, 220, 30))
+    return image
+
+
+def corner_mask(width: int = 32, height: int = 32) -> Image.Image:
+    """White (repaint) over the top-left quarter."""
+    mask = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, width // 2 - 1, height // 2 - 1), fill=255)
+    return mask
+
+
+@dataclass(frozen=True)
+class Stored:
+    """An input as a door stores it: the canonical PNG, its ref, and ``inputs`` for generate."""
+
+    png: bytes
+    ref: "engine.ImageRef | engine.MaskRef"
+
+    @property
+    def image(self) -> Image.Image:
+        return Image.open(io.BytesIO(self.png))
+
+
+def stored_image(image: Image.Image) -> Stored:
+    return Stored(*engine.canonical_image(png_bytes(image)))
+
+
+def stored_mask(mask: Image.Image) -> Stored:
+    png, ref, _ = engine.canonical_mask(png_bytes(mask))
+    return Stored(png, ref)
+
+
+def inputs_of(*stored: Stored) -> dict[str, bytes]:
+    return {item.ref.sha256: item.png for item in stored}
+
+
+def stock_view(cls: type, pipeline, recipe: "engine.Recipe"):
+    """A stock diffusers pipeline of ``cls`` over the pipeline's modules, with the scheduler
+    the recipe records: what the engine's pixels are compared with."""
+    components = {**pipeline.components, "scheduler": scheduler_from_ref(recipe.scheduler)}
+    options = ({"add_watermarker": False} if "XL" in cls.__name__
+               else {"requires_safety_checker": False})
+    stock = cls(**components, **options)
+    stock.set_progress_bar_config(disable=True)
+    return stock
+
+
+def cpu_generators(seed: int, count: int) -> list[torch.Generator]:
+    return [torch.Generator("cpu").manual_seed(seed + i) for i in range(count)]
+
+
+def assert_same_pixels(ours: list[Image.Image], theirs: list[Image.Image]) -> None:
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.size == b.size
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.fixture(scope="session")
+def tiny_inpainting_model(tmp_path_factory) -> str:
+    """The tiny model with a 9-channel UNet (latents, mask, masked image), saved as an
+    inpainting pipeline is: what a model like stable-diffusion-inpainting looks like."""
+    components = tiny_components()
+    torch.manual_seed(0)
+    config = {**components["unet"].config, "in_channels": 9}
+    components["unet"] = UNet2DConditionModel.from_config(config)
+    path = tmp_path_factory.mktemp("tiny-inpainting")
+    StableDiffusionInpaintPipeline(**components).save_pretrained(path, safe_serialization=True)
+    return str(path)

@@ -50,3 +50,17 @@ def test_overlong_text_is_refused_before_anything_is_typed(settings):
     with pytest.raises(Refused) as refused:
         parse({"prompt": long, "model": long, "steps": "many"})
     assert set(refused.value.errors) == {"prompt", "model"}
+
+
+def test_the_image_to_image_fields_are_declared_for_every_door():
+    fields = {field.name: field for field in job_request.FIELDS}
+    assert (fields["init_image"].kind, fields["mask"].kind) == (job_request.ImageData,
+                                                                 job_request.MaskData)
+    assert {name for name, field in fields.items() if field.group == "image"} == {
+        "init_image", "mask", "strength", "mask_blur", "paste_back"}
+    assert {name for name, field in fields.items() if field.group == "hires"} == {
+        "hires_scale", "hires_steps", "hires_strength", "hires_upscaler"}
+    assert fields["paste_back"].kind is bool and JobRequest().paste_back is True
+    assert fields["strength"].bounds() == (0, 1) and JobRequest().strength is None
+    assert fields["hires_upscaler"].choices() == list(engine.UPSCALERS)
+    assert JobRequest().hires_upscaler == "Latent"

@@ -1,10 +1,11 @@
 """The adversarial suite's world: one set of people and things, built once per module.
 
-alice owns everything; bob is her teammate; carol is a stranger; admin is staff; anonymous is
-nobody. Every image, collection, import and job is made directly in the database (no model
-runs), committed, and shared by a module's tests: each test runs in a transaction that is
-rolled back, so what one test changes, the next never sees. Sessions and API tokens are
-committed too, so a live server in the same process (websockets) accepts them.
+alice owns everything, every image made from an input image and a mask of hers; bob is her
+teammate; carol is a stranger; admin is staff; anonymous is nobody. Every image, collection,
+import and job is made directly in the database (no model runs), committed, and shared by a
+module's tests: each test runs in a transaction that is rolled back, so what one test
+changes, the next never sees. Sessions and API tokens are committed too, so a live server in
+the same process (websockets) accepts them.
 """
 
 import io
@@ -28,8 +29,8 @@ from PIL import Image as PILImage
 from gallery import collections, moderation
 from gallery.models import Collection, Image, ModerationEvent, PngImport, Report, Reproduction
 from gallery.services import prompt_vector
-from generation import engine
-from generation.models import Job, Output
+from generation import engine, inputs
+from generation.models import InputImage, Job, Output
 from studio import services
 from studio.models import Team
 from tests.conftest import ROOT, LiveServer, database_url, free_port
@@ -90,12 +91,27 @@ class World:
         return Client(raise_request_exception=False, headers=headers)
 
 
+def _inputs(owner) -> tuple[dict, list[InputImage]]:
+    """alice's input image and mask, from which every image of hers here was made: the
+    recipe's refs, and the stored rows."""
+    image, ref = engine.canonical_image(png_bytes((90, 90, 90)))
+    mask, mask_ref, _size = engine.canonical_mask(png_bytes((255, 255, 255)))
+    stored = [inputs.store(owner=owner, png=image, sha256=ref.sha256, width=8, height=8,
+                           kind="image"),
+              inputs.store(owner=owner, png=mask, sha256=mask_ref.sha256, width=8, height=8,
+                           kind="mask")]
+    refs = {"init_image": ref.to_json(), "strength": 0.5, "mask": mask_ref.to_json()}
+    return refs, stored
+
+
 def _image(owner, *, prompt: str, seed: int, color, visibility="private", team=None, job=None,
            index=0, batch_size=1) -> Image:
-    recipe = recipe_for(prompt, seed - index, batch_size=batch_size, batch_index=index)
+    refs, stored = _inputs(owner)
+    recipe = recipe_for(prompt, seed - index, batch_size=batch_size, batch_index=index, **refs)
     if job is None:
         job = Job.objects.create(owner=owner, recipe=recipe, status=Job.Status.SUCCEEDED,
                                  total_steps=4, step=4)
+    job.inputs.add(*stored)
     output = Output.objects.create(job=job, index=index, recipe=recipe, width=8, height=8,
                                    image=ContentFile(png_bytes(color), name="x.png"))
     return Image.objects.create(
@@ -226,7 +242,7 @@ def socket_server(world):
 
 def counts() -> dict[str, int]:
     """How many of each thing a request could queue or store."""
-    models = (Job, Output, Image, PngImport, Collection, Report, Reproduction)
+    models = (Job, Output, Image, PngImport, Collection, Report, Reproduction, InputImage)
     return {model.__name__: model.objects.count() for model in models}
 
 

@@ -1,9 +1,10 @@
 """The authorization matrix: (actor, object, door) -> what the door answers.
 
 The rule: a viewer learns nothing about an image they may not see, by any door, and a
-hidden image is served to nobody but its owner and staff. An image alice keeps private is
-alice's and staff's; a team image is also bob's; a public one is everyone's until staff hide
-it. Publishing one image of a batch publishes that image alone: its sibling stays private,
+hidden image is served to nobody but its owner and staff; the input image and mask it was
+made from go with it, to whoever may see it and nobody else. An image alice keeps private
+is alice's and staff's; a team image is also bob's; a public one is everyone's until staff
+hide it. Publishing one image of a batch publishes that image alone: its sibling stays private,
 and so do the frames of the batch's denoising. Jobs, imports and reproductions are their
 owner's and staff's; collections follow the images' visibility rule but never widen it.
 
@@ -65,6 +66,11 @@ IMAGE_DOORS = {
     "api_detail": lambda w, a, i: outcome(w.api(a).get(f"/api/v1/images/{i.pk}")),
     "api_file": lambda w, a, i: outcome(w.api(a).get(api_file_path(i))),
     "api_file_by_session": lambda w, a, i: outcome(w.client(a).get(api_file_path(i))),
+    # The input image and mask it was made from: seen with the image, by nobody else.
+    "input": lambda w, a, i: outcome(w.client(a).get(reverse("image_input", args=[i.pk]))),
+    "mask": lambda w, a, i: outcome(w.client(a).get(reverse("image_mask", args=[i.pk]))),
+    "api_input": lambda w, a, i: outcome(w.api(a).get(reverse("api:image_input", args=[i.pk]))),
+    "api_mask": lambda w, a, i: outcome(w.api(a).get(reverse("api:image_mask", args=[i.pk]))),
     # The link alice's OpenAI answer would give her, in the hands of each actor.
     "signed_link": lambda w, a, i: outcome(
         w.client(a).get(signed_url(api_file_path(i), user=w.users["alice"]))),

@@ -4,25 +4,45 @@ field at fault, and nothing is queued or stored for it.
 
 Wrong JSON types, NaN and infinities, numbers of thousands of digits, NUL characters,
 invalid UTF-8, text over STUDIO_MAX_TEXT_CHARS, bodies over DATA_UPLOAD_MAX_MEMORY_SIZE,
-empty bodies and the wrong content type. Each case is (id, body, field): a dict is sent as
-JSON, bytes as they are; field None is a case about the whole request, not one field.
+empty bodies and the wrong content type; input images that are not images, decompression
+bombs, base64 over STUDIO_INPUT_MAX_BYTES and masks of another size. Each case is (id, body,
+field): a dict is sent as JSON, bytes as they are; field None is a case about the whole
+request, not one field.
 """
 
+import base64
 import functools
 import json
+import struct
+import zlib
 
 import pytest
 from django.conf import settings
 
 from generation import waiting
 
-from .conftest import counts, error_text
+from .conftest import counts, error_text, png_bytes
 
 pytestmark = pytest.mark.django_db
 
 LONG = "a" * 5000  # over STUDIO_MAX_TEXT_CHARS
 DIGITS = "9" * 5000  # over Python's 4,300-digit limit on reading an int
 NESTED = b"[" * 50_000 + b"]" * 50_000  # deeper than Python's JSON reader can recurse
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def bomb() -> bytes:
+    """A PNG whose header claims 100,000² pixels, in under a hundred bytes."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
 
 
 def oversized(field: str) -> bytes:
@@ -97,6 +117,27 @@ API_JOBS = [
     case("model-too-long", {"prompt": "a", "model": LONG}, "model"),
     case("sampler-unknown", {"prompt": "a", "sampler": "nope"}, "sampler"),
     case("sampler-nul", {"prompt": "a", "sampler": "DD\x00IM"}, "sampler"),
+    case("init-image-number", {"prompt": "a", "init_image": 5}, "init_image"),
+    case("init-image-not-an-image", {"prompt": "a", "init_image": b64(b"GIF89a, or not")},
+         "init_image"),
+    case("init-image-bad-base64", {"prompt": "a", "init_image": "data:image/png;base64,%%"},
+         "init_image"),
+    case("init-image-bomb", {"prompt": "a", "init_image": b64(bomb())}, "init_image"),
+    case("init-image-over-its-cap", {"prompt": "a", "init_image": "A" * (
+        4 * settings.STUDIO_INPUT_MAX_BYTES // 3 + 64)}, "init_image"),
+    case("mask-another-size", {"prompt": "a", "init_image": b64(png_bytes()),
+                               "mask": b64(png_bytes(size=(16, 8)))}, "mask"),
+    case("mask-without-image", {"prompt": "a", "mask": b64(png_bytes())}, "mask"),
+    case("strength-two", {"prompt": "a", "init_image": b64(png_bytes()), "strength": 2},
+         "strength"),
+    case("strength-runs-no-step", {"prompt": "a", "init_image": b64(png_bytes()), "steps": 4,
+                                   "strength": 0.2}, "strength"),
+    case("strength-nan", raw(f'"prompt": "a", "init_image": "{b64(png_bytes())}", '
+                             '"strength": NaN'), "strength"),
+    case("paste-back-text", {"prompt": "a", "paste_back": "maybe"}, "paste_back"),
+    case("hires-scale-huge", {"prompt": "a", "hires_scale": 100}, "hires_scale"),
+    case("hires-upscaler-unknown", {"prompt": "a", "hires_scale": 1.5,
+                                    "hires_upscaler": "ESRGAN_4x"}, "hires_upscaler"),
     case("invalid-json", b'{"prompt": ', None),
     case("json-array", b"[]", None),
     case("empty-body", b"", None),
@@ -207,7 +248,8 @@ A1111 = [
     case("prompt-number", a1111(prompt=5), "prompt"),
     case("prompt-too-long", a1111(prompt=LONG), "prompt"),
     case("prompt-nul", a1111(prompt="a\x00"), "prompt"),
-    case("enable-hr", a1111(enable_hr=True), "enable_hr"),
+    case("hr-upscaler-unknown", a1111(enable_hr=True, hr_upscaler="ESRGAN_4x"), "hr_upscaler"),
+    case("hr-scale-huge", a1111(enable_hr=True, hr_scale=100), "hr_scale"),
     case("eta-text", a1111(eta="x"), "eta"),
     case("styles", a1111(styles=["cinematic"]), "styles"),
     case("send-images-text", a1111(send_images="maybe"), "send_images"),

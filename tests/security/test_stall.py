@@ -31,7 +31,7 @@ STALL = 0.5  # a probe slower than this is a stall, not noise: no second try
 PROBE_TIMEOUT = 2.0
 MIN_PROBES = 5
 ATTEMPTS = 3
-BODY_LIMIT = 2560 * 1024  # DATA_UPLOAD_MAX_MEMORY_SIZE's default, which the server runs with
+BODY_LIMIT = 2560 * 1024  # the server runs with this STUDIO_MAX_BODY_BYTES, far below the default
 
 
 @pytest.fixture(scope="module")

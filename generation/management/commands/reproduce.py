@@ -1,12 +1,15 @@
-"""``python manage.py reproduce IMAGE.png --out DIR [--json]``: re-run the recipe in a PNG."""
+"""``python manage.py reproduce IMAGE.png --out DIR [--json]``: re-run the recipe in a PNG,
+from the input image and mask stored on this server when the recipe names them."""
 
+import hashlib
 import json
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 from PIL import Image
 
-from generation import engine, registry
+from generation import engine, inputs, registry
+from generation.models import InputImage
 
 
 class Command(BaseCommand):
@@ -22,11 +25,13 @@ class Command(BaseCommand):
         recipe, _ = engine.read_png(data)
         if recipe is None:
             raise CommandError(f"{options['image']} carries no studio_recipe")
+        files = stored_inputs(recipe.to_json())
         device, dtype = registry.device()
         try:
             pipeline = engine.load_pipeline(recipe.model.source, device=device, dtype=dtype)
             with Image.open(options["image"]) as original:
-                image, comparison = engine.reproduce(recipe, original, pipeline=pipeline)
+                image, comparison = engine.reproduce(recipe, original, pipeline=pipeline,
+                                                     inputs=files)
         except (engine.WeightsMismatchError, engine.ModelLoadError, engine.RecipeError) as exc:
             raise CommandError(str(exc)) from exc
         out = options["out"].resolve()
@@ -40,3 +45,21 @@ class Command(BaseCommand):
                 f"{comparison.verdict} (max difference {comparison.max_diff}, "
                 f"PSNR {comparison.psnr:.2f} dB): {path}"
             )
+
+
+def stored_inputs(recipe: dict) -> dict[str, bytes]:
+    """sha256 -> PNG bytes of the input image and mask the recipe names, found by hash among
+    the inputs stored on this server (whoever sent them); CommandError naming the one that
+    is gone."""
+    files = {}
+    for kind, sha256 in inputs.named_by(recipe).items():
+        found = inputs.find(sha256)
+        data = inputs.readable([found]).get(sha256) if found is not None else None
+        if data is None or hashlib.sha256(data).hexdigest() != sha256:
+            what = "input image" if kind == InputImage.Kind.IMAGE else "mask"
+            raise CommandError(
+                f"The {what} this image was made from (sha256 {sha256}) is no longer stored "
+                "on this server, so it cannot be reproduced."
+            )
+        files[sha256] = data
+    return files
