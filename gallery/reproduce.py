@@ -17,7 +17,6 @@ recipe's hashes among the original job's inputs, and stored for whoever reproduc
 reproduction is refused, saying so, when one is gone.
 """
 
-import hashlib
 import logging
 from dataclasses import replace
 
@@ -160,21 +159,14 @@ def usable_inputs(user, recipe: dict) -> list[InputImage]:
 def input_files(recipe: dict, candidates) -> list[dict]:
     """The inputs the recipe names, read from the storage and checked against its hashes,
     as job_submit stores them for the one who reproduces it; ReproduceRefused when one is
-    gone (deleted with its owner's account, or never on this server)."""
+    gone."""
     found = {image.sha256: image for image in candidates}
-    sent = []
-    for kind, sha256 in inputs.named_by(recipe).items():
-        image = found.get(sha256)
-        data = inputs.readable([image]).get(sha256) if image is not None else None
-        if data is None or hashlib.sha256(data).hexdigest() != sha256:
-            what = "input image" if kind == InputImage.Kind.IMAGE else "mask"
-            raise ReproduceRefused(
-                f"The {what} this image was made from (sha256 {sha256[:12]}…) is no longer "
-                "stored on this server, so the same pixels cannot be made again."
-            )
-        sent.append({"png": data, "sha256": sha256, "width": image.width,
-                     "height": image.height, "kind": kind})
-    return sent
+    try:
+        named = inputs.files_named(recipe, found.get)
+    except inputs.InputGone as exc:
+        raise ReproduceRefused(str(exc)) from exc
+    return [{"png": data, "sha256": image.sha256, "width": image.width,
+             "height": image.height, "kind": image.kind} for image, data in named]
 
 
 def reproduction_verify(reproduction: Reproduction) -> None:

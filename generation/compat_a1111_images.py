@@ -14,14 +14,11 @@ and error shapes): `POST /sdapi/v1/img2img`, `GET /sdapi/v1/upscalers` and
   neither Studio nor A1111 writes it there) is not read, nor JPEG and WebP EXIF comments.
 """
 
-import io
-import warnings
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest
 from ninja import Router
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
 from studio.api import read_body
@@ -29,7 +26,6 @@ from studio.api import read_body
 from . import a1111_img2img, a1111_request, engine, recipes
 from .a1111_img2img import IMG2IMG_NAMES, Img2ImgIn
 from .a1111_jobs import A1111Error, default_model, images_answer
-from .engine.inputs import FORMATS
 from .job_request import Refused
 from .models import Job
 
@@ -93,23 +89,9 @@ MAX_TEXT_CHARS = engine.MAX_PARAMETERS_CHARS + engine.MAX_RECIPE_CHARS
 def image_texts(data: bytes) -> dict[str, str]:
     """The image's text chunks (PNG tEXt, zTXt and iTXt before the image data), read from
     its header without decoding a pixel; engine.InputError says what is wrong with it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data), formats=FORMATS) as image:
-                width, height = image.size
-                if width * height > settings.STUDIO_INPUT_MAX_PIXELS:
-                    raise engine.InputError(f"is {width}x{height} pixels; the most is "
-                                            f"{settings.STUDIO_INPUT_MAX_PIXELS:,} pixels")
-                texts = {k: v for k, v in image.info.items() if isinstance(v, str)}
-        except engine.InputError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise engine.InputError("claims too many pixels") from exc
-        except UnidentifiedImageError as exc:
-            raise engine.InputError("is not a PNG, JPEG or WebP image") from exc
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:  # a text chunk too large
-            raise engine.InputError(f"is not a readable image: {exc}") from exc
+    with engine.open_header(data, max_bytes=settings.STUDIO_INPUT_MAX_BYTES,
+                            max_pixels=settings.STUDIO_INPUT_MAX_PIXELS) as image:
+        texts = {key: value for key, value in image.info.items() if isinstance(value, str)}
     if sum(len(text) for text in texts.values()) > MAX_TEXT_CHARS:
         raise engine.InputError(f"carries more than {MAX_TEXT_CHARS:,} characters of text")
     return texts

@@ -8,8 +8,9 @@ output may see the inputs it was made from, through the gallery's door to the ou
 (gallery.views.image_input). Nothing here checks who asks: callers have passed a door.
 """
 
+import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from django.core.files.base import ContentFile
 from django.urls import reverse
@@ -72,6 +73,31 @@ def find(sha256: str) -> InputImage | None:
     """A stored input with this hash, whoever sent it: for the server's operator
     (`manage.py reproduce`), who may read every input anyway."""
     return InputImage.objects.filter(sha256=sha256).order_by("created").first()
+
+
+class InputGone(LookupError):
+    """An input a recipe names is not stored here (deleted with its owner's account, or
+    never on this server), or its file no longer holds those bytes."""
+
+    def __init__(self, kind: str, sha256: str):
+        what = "input image" if kind == InputImage.Kind.IMAGE else "mask"
+        super().__init__(f"The {what} this image was made from (sha256 {sha256[:12]}…) is no "
+                         "longer stored on this server, so the same pixels cannot be made again.")
+        self.kind, self.sha256 = kind, sha256
+
+
+def files_named(recipe: dict,
+                lookup: Callable[[str], InputImage | None]) -> list[tuple[InputImage, bytes]]:
+    """Each input the recipe names, found by `lookup(sha256)` and read from storage, its
+    bytes checked against the hash: for reproducing it. InputGone for the first missing."""
+    found = []
+    for kind, sha256 in named_by(recipe).items():
+        image = lookup(sha256)
+        data = readable([image]).get(sha256) if image is not None else None
+        if data is None or hashlib.sha256(data).hexdigest() != sha256:
+            raise InputGone(kind, sha256)
+        found.append((image, data))
+    return found
 
 
 def named_by(recipe: dict) -> dict[str, str]:

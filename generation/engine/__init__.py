@@ -60,6 +60,7 @@ Image to image (``inputs.py``, ``input_checks.py``; heavy: ``image_runs.py``)
     canonical_image(data, *, max_bytes, max_pixels) -> (png, ImageRef)
     canonical_mask(data, *, max_bytes, max_pixels) -> (png, MaskRef, (width, height))
     mask_from_alpha(data, ...) -> png | None   OpenAI's rule: transparent pixels are the mask
+    open_header(data, *, max_bytes, max_pixels) -> PIL image opened lazily, its size checked
     decode_data_url(text, *, max_bytes) -> bytes   base64 or a data: URL, length capped first
     mask_size_error(image_ref, size) -> str | None   a mask must be its image's size
     InputError(ValueError)                     any of those refused; the caller names the field
@@ -102,6 +103,7 @@ from .inputs import (
     decode_data_url,
     mask_from_alpha,
     mask_size_error,
+    open_header,
     open_input,
     steps_run,
 )
@@ -175,6 +177,7 @@ __all__ = [
     "canonical_mask",
     "decode_data_url",
     "mask_from_alpha",
+    "open_header",
     "mask_size_error",
     "open_input",
     "steps_run",

@@ -13,7 +13,8 @@ import binascii
 import hashlib
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -241,8 +242,10 @@ def open_input(png: bytes) -> Image.Image:
     return image.convert("L" if image.mode == "L" else "RGB")
 
 
-def _open(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
-    """The decoded image: bytes, format and header size checked before PIL decodes."""
+def open_header(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """The image opened lazily, nothing decoded: its bytes, format and the size its header
+    claims checked (InputError). What PIL reads as it opens (a PNG's text chunks before the
+    image data) is in ``info``."""
     if not isinstance(data, bytes | bytearray) or not data:
         raise InputError("is empty or not a file")
     if len(data) > max_bytes:
@@ -252,20 +255,33 @@ def _open(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
     # decoded, and never lets through what PIL warns of. (No warnings.catch_warnings here:
     # it swaps the process's filters, which is not safe beside other threads.)
     limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
-    try:
+    with _read_errors():
         image = Image.open(io.BytesIO(data), formats=FORMATS)  # lazy: reads the header
-        width, height = image.size
-        if width * height > limit:
-            raise InputError(f"is {width}x{height} pixels; the most is {limit:,} pixels")
+    width, height = image.size
+    if width * height > limit:
+        image.close()
+        raise InputError(f"is {width}x{height} pixels; the most is {limit:,} pixels")
+    return image
+
+
+def _open(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """The decoded image, checked first (open_header)."""
+    image = open_header(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    with _read_errors():
         image.load()
         return ImageOps.exif_transpose(image)
-    except InputError:
-        raise
+
+
+@contextmanager
+def _read_errors() -> Iterator[None]:
+    """What PIL raises for a file that is not a readable image, as InputError."""
+    try:
+        yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(f"claims too many pixels ({exc})") from exc
     except UnidentifiedImageError as exc:
-        raise InputError(f"is not a {', '.join(FORMATS)} image") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt
+        raise InputError("is not a PNG, JPEG or WebP image") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated, corrupt, text
         raise InputError(f"is not a readable image: {exc}") from exc
 
 

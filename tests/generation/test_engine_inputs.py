@@ -58,10 +58,10 @@ def test_a_jpeg_turned_by_its_exif_orientation_is_stored_as_people_see_it():
     ("data", "message"),
     [
         (b"", "empty"),
-        (b"GIF89a" + b"\0" * 40, "not a PNG, JPEG, WEBP image"),
-        (encoded(Image.new("RGB", (8, 8)), "GIF"), "not a PNG, JPEG, WEBP image"),
+        (b"GIF89a" + b"\0" * 40, "not a PNG, JPEG or WebP image"),
+        (encoded(Image.new("RGB", (8, 8)), "GIF"), "not a PNG, JPEG or WebP image"),
         (encoded(Image.effect_noise((64, 64), 60))[:2000], "not a readable image"),
-        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "not a PNG, JPEG, WEBP image"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "not a PNG, JPEG or WebP image"),
     ],
 )
 def test_what_is_not_a_png_jpeg_or_webp_image_is_refused(data, message):

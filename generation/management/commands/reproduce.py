@@ -1,7 +1,6 @@
 """``python manage.py reproduce IMAGE.png --out DIR [--json]``: re-run the recipe in a PNG,
 from the input image and mask stored on this server when the recipe names them."""
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -9,7 +8,6 @@ from django.core.management.base import BaseCommand, CommandError
 from PIL import Image
 
 from generation import engine, inputs, registry
-from generation.models import InputImage
 
 
 class Command(BaseCommand):
@@ -49,17 +47,9 @@ class Command(BaseCommand):
 
 def stored_inputs(recipe: dict) -> dict[str, bytes]:
     """sha256 -> PNG bytes of the input image and mask the recipe names, found by hash among
-    the inputs stored on this server (whoever sent them); CommandError naming the one that
-    is gone."""
-    files = {}
-    for kind, sha256 in inputs.named_by(recipe).items():
-        found = inputs.find(sha256)
-        data = inputs.readable([found]).get(sha256) if found is not None else None
-        if data is None or hashlib.sha256(data).hexdigest() != sha256:
-            what = "input image" if kind == InputImage.Kind.IMAGE else "mask"
-            raise CommandError(
-                f"The {what} this image was made from (sha256 {sha256}) is no longer stored "
-                "on this server, so it cannot be reproduced."
-            )
-        files[sha256] = data
-    return files
+    the inputs stored on this server (whoever sent them: inputs.find); CommandError naming
+    the one that is gone."""
+    try:
+        return {image.sha256: data for image, data in inputs.files_named(recipe, inputs.find)}
+    except inputs.InputGone as exc:
+        raise CommandError(str(exc)) from exc
