@@ -54,7 +54,7 @@ def image_detail(request, image_id):
         "reproductions": reproductions_for(user=user, image=image),
         "can_report": user.is_authenticated and not is_owner and image.is_public,
         # The input image and mask it was made from, or None (image_input below).
-        **inputs.input_urls(image.output),
+        **inputs.input_urls(image.output, stored_only=True),
     }
     return render(request, "gallery/image_detail.html", context)
 

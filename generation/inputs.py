@@ -119,13 +119,14 @@ def of_output(output: Output, kind: str) -> InputImage | None:
     return output.job.inputs.filter(sha256=sha256, kind=kind).first()
 
 
-def input_urls(output: Output) -> dict[str, str | None]:
+def input_urls(output: Output, *, stored_only: bool = False) -> dict[str, str | None]:
     """`init_image_url` and `mask_url`: where whoever may see the output sees the input and
     mask it was made from (through the gallery's door to the output); None for what its
-    recipe names none of. Read from the recipe alone, so listing many outputs reads no
-    rows."""
+    recipe names none of. Read from the recipe alone, so listing many outputs reads no rows;
+    `stored_only` (one output's page) also leaves out an input no longer stored."""
     named = named_by(output.recipe)
     return {
-        f"{key}_url": reverse(URL_NAMES[kind], args=[output.pk]) if kind in named else None
+        f"{key}_url": reverse(URL_NAMES[kind], args=[output.pk])
+        if kind in named and (not stored_only or of_output(output, kind) is not None) else None
         for kind, key in RECIPE_KEYS.items()
     }

@@ -7,8 +7,9 @@
    not halfway through a load.
 2. The family comes from the header's names and shapes (``families.Family.text_encoders``):
    the text encoders beside the UNet. A file with no UNet in this layout (a LoRA, a diffusers
-   component), an inpainting or instruct UNet, an SDXL refiner or an unknown text encoder is
-   refused, with what was found.
+   component), an instruct UNet, an SDXL refiner or an unknown text encoder is refused, with
+   what was found. An inpainting UNet (9 input channels: latents, mask, masked image) loads
+   with its family's configs, its UNet's input width set from the header.
 3. The prediction type: SD 2.x files do not say whether they predict noise or v, so Studio
    takes ComfyUI's rule: v-prediction when the standard deviation of
    ``output_blocks.11.1.transformer_blocks.0.norm1.bias`` exceeds 0.09 (320 numbers read from
@@ -83,6 +84,9 @@ class Checkpoint:
     # Set on the configs' scheduler; None keeps theirs (a sidecar's folder, no override).
     prediction_type: str | None
     evidence: str  # what the header showed, for the models list and logs
+    # The UNet's input channels, from the header: 4, or 9 for an inpainting model, which the
+    # shipped configs (text to image) do not say.
+    unet_in_channels: int = 4
 
     def scheduler_config(self) -> dict[str, Any]:
         config = read_json(self.config_dir / "scheduler" / "scheduler_config.json")
@@ -151,11 +155,11 @@ def detect_family(header: Header) -> tuple[Family, str]:
     unet = [name for name in tensors if name.startswith(UNET)]
     if not unet:
         raise ModelLoadError(_not_a_model(tensors))
-    first = tensors.get(UNET + "input_blocks.0.0.weight")
-    if first is not None and len(first.shape) == 4 and first.shape[1] != 4:
+    channels = unet_in_channels(header)
+    if channels not in UNET_IN_CHANNELS:
         raise ModelLoadError(
-            f"its UNet takes {first.shape[1]} input channels (4 is text-to-image, 9 inpainting, "
-            "8 instruct-pix2pix): only text-to-image models run here"
+            f"its UNet takes {channels} input channels (4 is text-to-image, 9 inpainting, "
+            "8 instruct-pix2pix): only text-to-image and inpainting models run here"
         )
     width = context_width(header)
     for family in FAMILIES.values():
@@ -163,6 +167,16 @@ def detect_family(header: Header) -> tuple[Family, str]:
             shapes = ", ".join(str(list(tensors[key].shape)) for key in family.text_encoders)
             return family, f"{family.title}: text encoder embeddings {shapes}, context {width}"
     raise ModelLoadError(_unknown_text_encoder(tensors, len(unet)))
+
+
+# Text to image, and inpainting (latents, mask, the masked image's latents).
+UNET_IN_CHANNELS = (4, 9)
+
+
+def unet_in_channels(header: Header) -> int:
+    """The UNet's input channels, from its first convolution's shape (4 when unreadable)."""
+    first = header.tensors.get(UNET + "input_blocks.0.0.weight")
+    return first.shape[1] if first is not None and len(first.shape) == 4 else 4
 
 
 def _not_a_model(tensors: dict[str, Tensor]) -> str:
@@ -257,7 +271,8 @@ def inspect_checkpoint(source: str) -> Checkpoint:
     else:
         prediction = prediction or detected_prediction_type(path, header, family)
         config_dir = family.config_folder(prediction)
-    checkpoint = Checkpoint(path, family, config_dir, prediction, evidence)
+    checkpoint = Checkpoint(path, family, config_dir, prediction, evidence,
+                            unet_in_channels(header))
     _check_configs(checkpoint, context_width(header))
     return checkpoint
 

@@ -24,11 +24,12 @@ from diffusers import (
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
+    UNet2DConditionModel,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .checkpoints import Checkpoint, checked_path, inspect_checkpoint, is_single_file, read_header
-from .families import FAMILIES, family_of
+from .families import FAMILIES, family_of, read_json
 from .samplers import scheduler_class
 from .specs import (
     ModelLoadError,
@@ -312,14 +313,21 @@ def _from_single_file(cls: type[Pipeline], checkpoint: Checkpoint, dtype: torch.
     """The checkpoint with its configs, tokenizers and scheduler given: nothing from the hub."""
     folder = checkpoint.config_dir
     names = ("tokenizer", "tokenizer_2") if issubclass(cls, StudioXLPipeline) else ("tokenizer",)
-    tokenizers = {name: config_tokenizer(folder, name) for name in names}
+    given = {name: config_tokenizer(folder, name) for name in names}
+    if checkpoint.unet_in_channels != read_json(folder / "unet" / "config.json")["in_channels"]:
+        # An inpainting file with its family's text-to-image configs: the UNet is built
+        # with the file's input width (diffusers applies a config value given by name).
+        given["unet"] = UNet2DConditionModel.from_single_file(
+            str(checkpoint.path), config=str(folder), subfolder="unet",
+            local_files_only=True, dtype=dtype, in_channels=checkpoint.unet_in_channels,
+        )
     pipe = cls.from_single_file(
         str(checkpoint.path),
         config=str(folder),
         local_files_only=True,
         dtype=dtype,
         scheduler=_scheduler(checkpoint.scheduler_config()),
-        **tokenizers,
+        **given,
         **_options(cls),
     )
     # from_single_file leaves a tensor the file lacks on the meta device, unreported.

@@ -50,41 +50,28 @@ class Result:
 
 
 def generate(
-    recipe: Recipe,
-    *,
-    pipeline: Pipeline | None = None,
-    on_step: OnStep | None = None,
-    should_cancel: ShouldCancel | None = None,
-    preview: Previews | None = DEFAULT_PREVIEWS,
-    lora_files: Mapping[str, Path] | None = None,
-    hashes: Callable[[str], str] = weights_hash,
-    vae_tiling: str = "off",
-    inputs: Mapping[str, bytes] | None = None,
+    recipe: Recipe, *, pipeline: Pipeline | None = None, on_step: OnStep | None = None,
+    should_cancel: ShouldCancel | None = None, preview: Previews | None = DEFAULT_PREVIEWS,
+    lora_files: Mapping[str, Path] | None = None, hashes: Callable[[str], str] = weights_hash,
+    vae_tiling: str = "off", inputs: Mapping[str, bytes] | None = None,
 ) -> Result:
     """Make the recipe's images.
 
-    ``lora_files`` maps the name of each LoRA the recipe names to its file. ``hashes(source)``
-    gives the sha256 of a model's weights or a LoRA's file (``weights_hash`` by default):
-    Studio's worker passes its database-kept lookup, so a checkpoint of gigabytes is not
-    hashed again in every new worker process. ``vae_tiling`` (off, on, auto: ``tiling_for``)
-    decides whether the VAE decodes in tiles, unless the recipe says (``_tiled``).
-    ``inputs`` maps the sha256 of each input the recipe names (init image, mask) to its
-    canonical PNG bytes (``inputs.canonical_image``); InputMissingError names one not given.
+    ``lora_files``: each LoRA the recipe names -> its file. ``hashes(source)``: a model's or
+    LoRA's sha256 (Studio's worker passes its database-kept lookup). ``vae_tiling``: off, on
+    or auto (``tiling_for``), unless the recipe says. ``inputs``: the sha256 of each input
+    the recipe names -> its canonical PNG bytes; InputMissingError names one not given.
 
-    1. Load the pipeline unless given, validate the recipe against it and check that the
-       weights, the LoRAs' files and the inputs are the ones the recipe names; apply the
-       LoRAs.
-    2. Resolve what only this run knows: the scheduler, device, dtype, threads, versions,
-       VAE tiling. The shared pipeline is marked in use throughout (``models.in_use``).
-    3. Run the passes (``_run``): text to image from the initial noise drawn here, or the
-       stock img2img or inpainting pipeline, and a hires fix's second pass. After each step
-       the callback reports ``on_step(step, total, preview, elapsed)``, ``total`` being
-       ``steps_run(recipe)``, and checks ``should_cancel()``. The preview
-       is a StepPreview: its ``render()`` gives the picture's bytes. ``on_step`` runs on the
-       sampling thread, between steps: a caller with much to do per step hands it on (Studio's
-       worker sends it to another process, generation/sidecar.py).
-    4. Unless canceled, decode the latents, pasting the init image back outside the mask
-       where the recipe says: one image and one recipe per batch index.
+    1. Load the pipeline unless given; validate the recipe against it; check the weights',
+       LoRAs' and inputs' hashes; apply the LoRAs (``_prepared``).
+    2. Resolve what only this run knows: scheduler, device, dtype, threads, versions, VAE
+       tiling. The shared pipeline is marked in use throughout (``models.in_use``).
+    3. Run the passes (``_run``): text to image, img2img or inpainting, and a hires fix's
+       second pass. After each step ``on_step(step, steps_run(recipe), preview, elapsed)``
+       runs on the sampling thread (a caller with much to do hands it on: Studio's worker
+       to its sidecar process) and ``should_cancel()`` is checked.
+    4. Unless canceled, decode, pasting the init image back outside the mask where the
+       recipe says: one image and one recipe per batch index.
     """
     started = time.perf_counter()
     lora_files = lora_files or {}
@@ -95,9 +82,8 @@ def generate(
     with in_use(pipeline):
         recipe, pipe, pictures = _prepared(recipe, pipeline, lora_files, hashes, inputs)
         recipe = _resolved(_tiled(recipe, pipeline, vae_tiling), pipe)
-        stepper = Stepper(
-            recipe, on_step, should_cancel, preview, _latent_rgb(recipe, pipe, preview)
-        )
+        stepper = Stepper(recipe, on_step, should_cancel, preview,
+                          _latent_rgb(recipe, pipe, preview))
         if should_cancel is not None and should_cancel():
             return _canceled(stepper, loaded - started)
         with pinned_threads(recipe.threads), decode_in_tiles(pipe, recipe.vae_tiling):
@@ -106,11 +92,11 @@ def generate(
                 return _canceled(stepper, loaded - started)
             decode_started = time.perf_counter()
             images = paste_back(pipe, decode(pipe, latents), recipe, pictures)
-    timings = stepper.timings(loaded - started)
-    timings["decode"] = time.perf_counter() - decode_started
-    timings["total"] = time.perf_counter() - started
-    recipes = [recipe.with_batch_index(i) for i in range(recipe.batch_size)]
-    return Result(images=images, recipes=recipes, timings=timings)
+    timings = {**stepper.timings(loaded - started),
+               "decode": time.perf_counter() - decode_started,
+               "total": time.perf_counter() - started}
+    return Result(images=images, timings=timings,
+                  recipes=[recipe.with_batch_index(i) for i in range(recipe.batch_size)])
 
 
 def _prepared(

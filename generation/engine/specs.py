@@ -171,7 +171,8 @@ def checkpoint_spec(source: str) -> ModelSpec:
             family=checkpoint.family.name,
             tokenizer=config_tokenizer(folder, "tokenizer"),
             scheduler=checkpoint.scheduler_config(),
-            unet=_read_config(str(folder), "unet/config.json"),
+            unet={**_read_config(str(folder), "unet/config.json"),
+                  "in_channels": checkpoint.unet_in_channels},
             vae=_read_config(str(folder), "vae/config.json"),
         )
     except _READ_ERRORS as exc:

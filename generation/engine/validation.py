@@ -1,16 +1,13 @@
 """From what a person asked for to a complete, validated recipe, before anything is queued."""
 
 from dataclasses import replace
+from typing import Any
 
 from .input_checks import input_errors
-from .inputs import Hires, ImageRef, MaskRef
+from .inputs import ImageRef
 from .recipe import (
-    DEFAULT_GUIDANCE,
-    DEFAULT_SAMPLER,
-    DEFAULT_STEPS,
     MAX_PROMPT_CHARS,
     SIZE_MULTIPLE,
-    LoraRef,
     ModelRef,
     Recipe,
     RecipeError,
@@ -66,26 +63,14 @@ def _prompt_errors(recipe: Recipe, spec: ModelSpec) -> dict[str, str]:
 def build_recipe(
     *,
     model: ModelRef,
-    prompt: str,
-    negative_prompt: str = "",
-    sampler: str = DEFAULT_SAMPLER,
-    steps: int = DEFAULT_STEPS,
-    guidance_scale: float = DEFAULT_GUIDANCE,
     seed: int | None = None,
-    subseed: int = 0,
-    subseed_strength: float = 0.0,
     width: int | None = None,
     height: int | None = None,
-    batch_size: int = 1,
-    loras: tuple[LoraRef, ...] = (),
-    init_image: ImageRef | None = None,
-    strength: float | None = None,
-    mask: MaskRef | None = None,
-    mask_blur: int = 0,
-    paste_back: bool = True,
-    hires: Hires | None = None,
+    **fields: Any,
 ) -> Recipe:
-    """A validated recipe with its scheduler resolved, ready to store with a job.
+    """A validated recipe with its scheduler resolved, ready to store with a job. ``fields``
+    are the recipe's own (``prompt``, ``sampler``, ``steps``, ``loras``, ``init_image``, …),
+    each at the recipe's default when left out.
 
     1. Read the model's spec: configs and tokenizer, not the weights.
     2. Fill the defaults: a random seed (stored, so the recipe says which seed ran) and the
@@ -100,31 +85,17 @@ def build_recipe(
         spec = load_spec(model.source)
     except ModelLoadError as exc:
         raise RecipeError({"model": f"cannot be read: {exc}"}) from exc
-    model = replace(model, family=spec.family)
-    default_width, default_height = _default_size(init_image, spec.native_size)
+    default_width, default_height = _default_size(fields.get("init_image"), spec.native_size)
     recipe = Recipe(
-        prompt=prompt,
-        negative_prompt=negative_prompt,
-        model=model,
-        sampler=sampler,
-        steps=steps,
-        guidance_scale=guidance_scale,
+        model=replace(model, family=spec.family),
         seed=random_seed() if seed is None else seed,
-        subseed=subseed,
-        subseed_strength=subseed_strength,
         width=default_width if width is None else width,
         height=default_height if height is None else height,
-        batch_size=batch_size,
-        loras=tuple(loras),
-        init_image=init_image,
-        strength=strength,
-        mask=mask,
-        mask_blur=mask_blur,
-        paste_back=paste_back,
-        hires=hires,
+        **{**fields, "loras": tuple(fields.get("loras", ()))},
     )
     validate_recipe(recipe, spec)
-    scheduler = resolved_ref(sampler, spec.scheduler_config, recipe.seed, batch_size)
+    scheduler = resolved_ref(recipe.sampler, spec.scheduler_config, recipe.seed,
+                             recipe.batch_size)
     return replace(recipe, scheduler=scheduler)
 
 

@@ -108,6 +108,14 @@ def test_the_image_page_links_its_input_and_mask(images, as_viewer):
     assert page.context["mask_url"] == f"/images/{image.pk}/mask.png"
 
 
+def test_the_image_page_says_when_its_input_is_no_longer_stored(images, as_viewer):
+    image = images["public"]
+    image.output.job.inputs.all().delete()
+    page = as_viewer("carol").get(image.get_absolute_url())
+    assert page.context["init_image_url"] is None and page.context["mask_url"] is None
+    assert "no longer stored on this server" in page.content.decode()
+
+
 def test_a_hash_alone_opens_nothing(made_from_input, alice, carol, as_viewer):
     """carol's public image names alice's input by hash (anyone can write a hash into a
     recipe), but her job holds no such input: nobody gets alice's pixels through it."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
 from generation import engine
@@ -22,7 +23,8 @@ from generation.engine.families import CONFIGS
 from generation.engine.specs import config_tokenizer
 
 from ..conftest import ROOT
-from .conftest import FAMILY_NAMES
+from .checkpoint_files import pipeline_to_original
+from .conftest import FAMILY_NAMES, family_components
 
 UNET = "model.diffusion_model."
 TO_K = UNET + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
@@ -202,10 +204,41 @@ def test_a_file_of_an_unknown_layout_says_what_it_found(family_models, tmp_path)
     no_text = {k: v for k, v in weights.items() if not k.startswith("cond_stage_model.")}
     save_file(no_text, tmp_path / "bare.safetensors")
     assert "none of the text encoders" in refused(tmp_path / "bare.safetensors")
+    instruct = full_size_header_file(tmp_path / "instruct.safetensors", "sd1", **{
+        UNET + "input_blocks.0.0.weight": torch.zeros(320, 8, 3, 3, dtype=torch.float16)
+    })
+    assert "8 input channels" in refused(instruct)
+
+
+def test_a_full_size_inpainting_file_is_an_inpainting_model_of_its_family(tmp_path):
     inpainting = full_size_header_file(tmp_path / "inpaint.safetensors", "sd1", **{
         UNET + "input_blocks.0.0.weight": torch.zeros(320, 9, 3, 3, dtype=torch.float16)
     })
-    assert "9 input channels" in refused(inpainting)
+    checkpoint = engine.inspect_checkpoint(inpainting)
+    assert (checkpoint.family.name, checkpoint.unet_in_channels) == ("sd1", 9)
+    assert engine.load_spec(inpainting).inpainting
+
+
+def test_an_inpainting_file_with_text_to_image_configs_loads_as_its_folder(family_models,
+                                                                           tmp_path):
+    # The shipped configs are text to image (4 input channels), as is this sidecar's folder:
+    # the UNet's input width comes from the file, as it must for a real inpainting file.
+    components = family_components("sd1")
+    torch.manual_seed(0)
+    components["unet"] = UNet2DConditionModel.from_config(
+        {**components["unet"].config, "in_channels": 9})
+    pipe = StableDiffusionInpaintPipeline(**components)
+    pipe.save_pretrained(tmp_path / "folder", safe_serialization=True)
+    file = tmp_path / "inpaint.safetensors"
+    save_file(pipeline_to_original(pipe, "sd1"), file)
+    config = family_models["sd1"].config
+    (tmp_path / "inpaint.studio.json").write_text(json.dumps({"config": str(config)}))
+    assert engine.load_spec(str(file)).inpainting
+    loaded = engine.load_pipeline(str(file), device="cpu", dtype=torch.float32)
+    folder = engine.load_pipeline(str(tmp_path / "folder"), device="cpu", dtype=torch.float32)
+    assert loaded.unet.config.in_channels == 9
+    for name, weight in folder.unet.state_dict().items():
+        assert torch.equal(loaded.unet.state_dict()[name], weight), name
 
 
 def test_a_file_not_of_full_size_needs_its_own_configs(family_models, tmp_path):
