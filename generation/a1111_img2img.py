@@ -21,14 +21,11 @@ in Studio's terms: txt2img's fields (generation/a1111_request.py) and the image'
   would refuse; `mask_blur` left out is A1111's 4.
 """
 
-import io
 from typing import Any
 
-from django.conf import settings
-from PIL import Image, ImageOps
 from pydantic import create_model
 
-from . import engine, job_request
+from . import job_request
 from .a1111_request import (
     FIELDS,
     HIRES,
@@ -39,6 +36,8 @@ from .a1111_request import (
     unsupported,
 )
 from .job_request import JobRequest, Refused
+from .request_images import MaskData
+from .request_images import typed as typed_image
 
 # A1111's inpainting_fill values, by name.
 FILLS = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
@@ -124,17 +123,11 @@ def studio_request(body: Img2ImgFields, default_model: str | None = None) -> Job
     return job_request.parse(params)
 
 
-def inverted(mask: str) -> bytes:
-    """The mask as Studio reads it (engine.canonical_mask), black and white swapped, as a
-    PNG: what A1111's `inpainting_mask_invert` 1 repaints. Refused names `mask`."""
-    limits = {"max_bytes": settings.STUDIO_INPUT_MAX_BYTES,
-              "max_pixels": settings.STUDIO_INPUT_MAX_PIXELS}
+def inverted(mask: str) -> MaskData:
+    """The mask with black and white swapped (made so when it is first decoded,
+    request_images.MaskData): what A1111's `inpainting_mask_invert` 1 repaints. Refused
+    names `mask`."""
     try:
-        data = engine.decode_data_url(mask, max_bytes=limits["max_bytes"])
-        png, _, _ = engine.canonical_mask(data, **limits)
-    except engine.InputError as exc:
-        raise Refused({"mask": f"The mask {exc}."}) from exc
-    with Image.open(io.BytesIO(png)) as image:
-        out = io.BytesIO()
-        ImageOps.invert(image.convert("L")).save(out, format="PNG")
-    return out.getvalue()
+        return typed_image(MaskData, mask, inverted=True)
+    except ValueError as exc:
+        raise Refused({"mask": str(exc)}) from exc

@@ -27,6 +27,7 @@ from .job_request import (
     parse,
 )
 from .models import BlockedPhrase, InputImage, Job
+from .request_images import UnreadableImage
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,8 @@ def recipe_for(request: JobRequest) -> dict:
                                      **chosen, **image_to_image(request, model))
     except engine.RecipeError as exc:
         raise Refused(request_names(exc.errors)) from exc
+    except UnreadableImage as exc:  # decoded only now: parsing read the header alone
+        raise Refused({exc.field: str(exc)}) from exc
     return recipe.to_json()
 
 
@@ -216,9 +219,13 @@ def recipe_from_params(params: Mapping) -> dict:
 def submit(*, user, request: JobRequest) -> Job:
     """Queue the request as `user`'s job, its input image and mask stored with it in the
     same transaction, once everything is valid. Raises Refused: for its fields (INVALID),
-    or when a per-user limit is reached (LIMIT, with when to retry)."""
-    recipe = recipe_for(request)
+    or when a per-user limit is reached (LIMIT, with when to retry). With input images the
+    limits are checked first too (job_submit checks them again, under the user's lock):
+    decoding an image is the costly part of a request, and a user at a limit gets none."""
     try:
+        if request.init_image is not None or request.mask is not None:
+            services.check_limits(user)
+        recipe = recipe_for(request)
         return services.job_submit(user=user, recipe=recipe, inputs=inputs_of(request))
     except services.LimitExceeded as exc:
         raise Refused({"__all__": str(exc)}, retry_after=exc.retry_after) from exc

@@ -1,13 +1,16 @@
 """The request's image fields (generation/job_request.py): an input image and its mask, typed
-from what a door sends (base64 text, a data: URL, bytes or an uploaded file) into the
-canonical PNG the engine makes of it (engine.canonical_image, canonical_mask).
+from what a door sends (base64 text, a data: URL, bytes or an uploaded file).
 
 Every image is hostile: its size in bytes is capped before anything decodes it
 (STUDIO_INPUT_MAX_BYTES: the base64 text's length, an upload's size), and its pixels, read
 from its header, before its pixels are (STUDIO_INPUT_MAX_PIXELS: a decompression bomb).
+Parsing reads only the header; the pixels are decoded into the canonical PNG the engine makes
+(engine.canonical_image, canonical_mask) when the recipe first needs its hash, which
+recipes.submit asks for only after the user's limits allow another job.
 """
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from django.conf import settings
@@ -18,47 +21,94 @@ from .engine.inputs import (
     canonical_image,
     canonical_mask,
     decode_data_url,
+    header_size,
     mask_size_error,
 )
 
 
+class UnreadableImage(ValueError):
+    """An image whose header passed but whose pixels cannot be read: refused by `field`."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def limits() -> dict[str, int]:
+    return {"max_bytes": settings.STUDIO_INPUT_MAX_BYTES,
+            "max_pixels": settings.STUDIO_INPUT_MAX_PIXELS}
+
+
 @dataclass(frozen=True)
 class ImageData:
-    """An input image as the request holds it once parsed: the canonical PNG the engine made
-    of what was sent (engine.canonical_image), the sha256 that names it, and its size."""
+    """An input image as the request holds it once parsed: the bytes sent, whose format and
+    header size are checked, and its size (EXIF orientation applied). ``png`` and ``sha256``
+    are the canonical PNG the engine makes of it and its hash, made on first use."""
 
-    png: bytes = field(repr=False)
-    sha256: str
+    sent: bytes = field(repr=False)
     width: int
     height: int
 
     type_error = "Send an image: base64 text or a data: URL."
+    what = "image"
+    field_name = "init_image"
+
+    @cached_property
+    def _canonical(self) -> tuple[bytes, str]:
+        try:
+            png, ref = canonical_image(self.sent, **limits())
+        except InputError as exc:
+            raise UnreadableImage(self.field_name, f"The {self.what} {exc}.") from None
+        if (ref.width, ref.height) != (self.width, self.height):  # an EXIF turn found late
+            raise UnreadableImage(self.field_name, f"The {self.what}'s orientation is stored "
+                                  "after its pixels; save it again without EXIF data.")
+        return png, ref.sha256
+
+    @property
+    def png(self) -> bytes:
+        return self._canonical[0]
+
+    @property
+    def sha256(self) -> str:
+        return self._canonical[1]
 
 
 @dataclass(frozen=True)
 class MaskData(ImageData):
-    """A mask (engine.canonical_mask): greyscale, white where the image is repainted."""
+    """A mask (engine.canonical_mask): greyscale, white where the image is repainted;
+    ``inverted`` swaps black and white (A1111's `inpainting_mask_invert`)."""
+
+    inverted: bool = False
 
     type_error = "Send a mask image: base64 text or a data: URL."
+    what = "mask"
+    field_name = "mask"
+
+    @cached_property
+    def _canonical(self) -> tuple[bytes, str]:
+        try:
+            png, ref, size = canonical_mask(self.sent, **limits(), invert=self.inverted)
+        except InputError as exc:
+            raise UnreadableImage(self.field_name, f"The {self.what} {exc}.") from None
+        if size != (self.width, self.height):
+            raise UnreadableImage(self.field_name, f"The {self.what}'s orientation is stored "
+                                  "after its pixels; save it again without EXIF data.")
+        return png, ref.sha256
 
 
-def typed(kind: type[ImageData], raw: Any) -> ImageData:
-    """An input image or mask as the engine makes it canonical, from base64 text, a data:
-    URL, bytes or an uploaded file, each capped at STUDIO_INPUT_MAX_BYTES before it is
-    decoded, and at STUDIO_INPUT_MAX_PIXELS from its header before its pixels are."""
-    what = "mask" if kind is MaskData else "image"
-    limits = {"max_bytes": settings.STUDIO_INPUT_MAX_BYTES,
-              "max_pixels": settings.STUDIO_INPUT_MAX_PIXELS}
+def typed(kind: type[ImageData], raw: Any, *, inverted: bool = False) -> ImageData:
+    """An input image or mask from base64 text, a data: URL, bytes or an uploaded file, each
+    capped at STUDIO_INPUT_MAX_BYTES before it is decoded, and at STUDIO_INPUT_MAX_PIXELS
+    from its header; nothing else of it is read yet. One already typed is kept."""
+    if isinstance(raw, kind):
+        return raw
     try:
-        data = _image_bytes(kind, raw, limits["max_bytes"])
-        if kind is MaskData:
-            png, ref, (width, height) = canonical_mask(data, **limits)
-        else:
-            png, ref = canonical_image(data, **limits)
-            width, height = ref.width, ref.height
+        data = _image_bytes(kind, raw, limits()["max_bytes"])
+        width, height = header_size(data, **limits())
     except InputError as exc:
-        raise ValueError(f"The {what} {exc}.") from None
-    return kind(png=png, sha256=ref.sha256, width=width, height=height)
+        raise ValueError(f"The {kind.what} {exc}.") from None
+    extra = {"inverted": inverted} if kind is MaskData else {}
+    return kind(sent=data, width=width, height=height, **extra)
 
 
 def _image_bytes(kind: type[ImageData], raw: Any, max_bytes: int) -> bytes:
@@ -80,6 +130,6 @@ def mask_fits(values: dict) -> dict[str, str]:
     image, mask = values.get("init_image"), values.get("mask")
     if image is None or mask is None:
         return {}
-    ref = ImageRef(sha256=image.sha256, width=image.width, height=image.height)
+    ref = ImageRef(sha256="", width=image.width, height=image.height)  # sizes only
     problem = mask_size_error(ref, (mask.width, mask.height))
     return {"mask": f"The mask {problem}."} if problem else {}

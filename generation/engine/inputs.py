@@ -196,11 +196,13 @@ def canonical_image(
 
 
 def canonical_mask(
-    data: bytes, *, max_bytes: int = MAX_INPUT_BYTES, max_pixels: int = MAX_INPUT_PIXELS
+    data: bytes, *, max_bytes: int = MAX_INPUT_BYTES, max_pixels: int = MAX_INPUT_PIXELS,
+    invert: bool = False,
 ) -> tuple[bytes, MaskRef, tuple[int, int]]:
     """An uploaded mask as Studio stores it: a greyscale PNG, white where the image is
     repainted, and its ref and size. As A1111 reads masks: an image with transparent
-    pixels is masked by its alpha (opaque paint repaints), any other by its brightness."""
+    pixels is masked by its alpha (opaque paint repaints), any other by its brightness.
+    ``invert`` swaps black and white (A1111's ``inpainting_mask_invert``)."""
     image = _open(data, max_bytes=max_bytes, max_pixels=max_pixels)
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
@@ -208,6 +210,8 @@ def canonical_mask(
         mask = alpha if alpha.getextrema() != (255, 255) else rgba.convert("L")
     else:
         mask = image.convert("L")
+    if invert:
+        mask = ImageOps.invert(mask)
     png = _png(mask)
     return png, MaskRef(sha256=hashlib.sha256(png).hexdigest()), mask.size
 
@@ -240,6 +244,27 @@ def open_input(png: bytes) -> Image.Image:
     """A stored canonical PNG (image or mask), decoded, for the worker."""
     image = _open(png, max_bytes=len(png), max_pixels=MAX_INPUT_PIXELS)
     return image.convert("L" if image.mode == "L" else "RGB")
+
+
+def header_size(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[int, int]:
+    """The size an image's header claims, as it will be once its EXIF orientation is
+    applied (as ``canonical_image`` does), with nothing decoded (``open_header``)."""
+    with open_header(data, max_bytes=max_bytes, max_pixels=max_pixels) as image:
+        width, height = image.size
+        # The EXIF block the header held, not getexif(): a PNG's would decode the pixels.
+        raw = image.info.get("exif")
+    orientation = None
+    if isinstance(raw, bytes):
+        exif = Image.Exif()
+        with _read_errors():
+            exif.load(raw)
+        orientation = exif.get(EXIF_ORIENTATION)
+    return (height, width) if orientation in TURNED else (width, height)
+
+
+# EXIF's orientation tag, and the values that turn an image a quarter.
+EXIF_ORIENTATION = 0x0112
+TURNED = (5, 6, 7, 8)
 
 
 def open_header(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:

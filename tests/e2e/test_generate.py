@@ -12,6 +12,7 @@ def log_in(page, server, username):
     page.fill("#id_password", PASSWORD)
     page.get_by_role("button", name="Log in").click()
     page.wait_for_selector("#generate-form")
+    page.wait_for_load_state("load")  # the page's scripts have run: its handlers are on
 
 
 def test_generate_with_the_demo_model_and_watch_it_denoise(

@@ -120,7 +120,9 @@ def test_a_dropped_file_becomes_the_input_and_a_dropped_non_image_is_named(
         }
     }"""
     page.evaluate(drop, ["notes.txt", "text/plain", base64.b64encode(b"hello").decode()])
-    assert "not an image" in page.inner_text('[data-error-for="init_image"]')
+    page.wait_for_function(
+        "document.querySelector('[data-error-for=\"init_image\"]').innerText"
+        ".includes('not an image')")
     page.evaluate(drop, ["in.png", "image/png", base64.b64encode(picture.read_bytes()).decode()])
     page.wait_for_function(INPUT_IS, arg="Input 64×48 px · mask: none")
     assert page.inner_text('[data-error-for="init_image"]') == ""

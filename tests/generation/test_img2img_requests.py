@@ -229,6 +229,40 @@ def test_a_submit_over_a_limit_stores_no_input(api, media, settings):
     assert nothing_stored(media)
 
 
+def truncated(data: bytes) -> bytes:
+    """The PNG with its pixel data cut short: the header reads, the pixels do not."""
+    return data[: len(data) // 2]
+
+
+def test_parsing_reads_the_header_alone_and_the_pixels_are_refused_at_submit(api, media):
+    broken = truncated(png(40, 48, noise=True))
+    request = parse({"prompt": "p", "init_image": b64(broken)})  # the header is fine
+    assert (request.init_image.width, request.init_image.height) == (40, 48)
+    response = post(api, init_image=b64(broken))
+    assert response.status_code == 400
+    assert "not a readable image" in response.json()["errors"]["init_image"]
+    assert nothing_stored(media)
+
+
+def test_a_user_at_a_limit_is_refused_before_the_image_is_decoded(api, media, settings):
+    # A broken image would be refused by its field once decoded: the limit answers first.
+    settings.STUDIO_MAX_QUEUED_PER_USER = 0
+    response = post(api, init_image=b64(truncated(png(40, 48, noise=True))))
+    assert response.status_code == 429 and "__all__" in response.json()["errors"]
+    assert nothing_stored(media)
+
+
+def test_a_turned_photos_size_is_read_as_it_will_be_shown():
+    photo = PILImage.new("RGB", (40, 24), (200, 30, 30))
+    exif = photo.getexif()
+    exif[0x0112] = 6  # stored on its side: shown turned a quarter
+    out = io.BytesIO()
+    photo.save(out, "JPEG", exif=exif)
+    image = parse({"prompt": "p", "init_image": b64(out.getvalue())}).init_image
+    assert (image.width, image.height) == (24, 40)
+    assert PILImage.open(io.BytesIO(image.png)).size == (24, 40)
+
+
 def test_the_schema_takes_the_image_fields(api):
     schema = api.get("/api/v1/schema").json()["components"]["schemas"]["JobIn"]["properties"]
     assert {"init_image", "mask", "strength", "mask_blur", "paste_back", "hires_scale",
