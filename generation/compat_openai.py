@@ -296,6 +296,7 @@ def read_and_submit_edit(request: HttpRequest) -> tuple[EditIn, Job]:
     """The edit read, translated, validated and queued, in a thread, as read_and_submit."""
     body, files = read_form(request)
     try:
+        recipes.check_limits(request.auth)  # before the files are decoded
         studio = edit_request(body, files)
         return body, recipes.submit(user=request.auth, request=studio)
     except Refused as exc:

@@ -222,11 +222,20 @@ def submit(*, user, request: JobRequest) -> Job:
     or when a per-user limit is reached (LIMIT, with when to retry). With input images the
     limits are checked first too (job_submit checks them again, under the user's lock):
     decoding an image is the costly part of a request, and a user at a limit gets none."""
+    if request.init_image is not None or request.mask is not None:
+        check_limits(user)
+    recipe = recipe_for(request)
     try:
-        if request.init_image is not None or request.mask is not None:
-            services.check_limits(user)
-        recipe = recipe_for(request)
         return services.job_submit(user=user, recipe=recipe, inputs=inputs_of(request))
+    except services.LimitExceeded as exc:
+        raise Refused({"__all__": str(exc)}, retry_after=exc.retry_after) from exc
+
+
+def check_limits(user) -> None:
+    """Refused (LIMIT) when `user` may not queue another job now: for a door to ask before
+    costly work on what was sent."""
+    try:
+        services.check_limits(user)
     except services.LimitExceeded as exc:
         raise Refused({"__all__": str(exc)}, retry_after=exc.retry_after) from exc
 

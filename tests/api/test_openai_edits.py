@@ -143,6 +143,14 @@ def test_a_bad_edit_is_400_naming_the_parameter(post, files, fields, param):
 
 
 @pytest.mark.django_db
+def test_a_user_at_a_limit_is_refused_before_the_files_are_decoded(post, settings):
+    settings.STUDIO_MAX_QUEUED_PER_USER = 0
+    # Not an image at all: refused as one only if it were read; the limit answers first.
+    response = post({"image": b"not an image"})
+    assert refusal(response, 429) is None and response.headers["Retry-After"]
+
+
+@pytest.mark.django_db
 def test_a_json_body_is_refused_naming_the_image(token, alice):
     response = Client(headers={"Authorization": f"Bearer {token(alice)}"}).post(
         "/v1/images/edits", {"prompt": "red circle"}, content_type="application/json")
