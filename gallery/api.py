@@ -21,7 +21,6 @@ from studio.api import (
     SignedUrl,
     Text,
     TokenBearer,
-    page,
 )
 from studio.services import get_team_for_user
 
@@ -59,8 +58,11 @@ class ImageDetail(ImageOut):
 
 
 class ImagePage(Schema):
-    count: int
+    count: int = Field(description=f"How many images match, counted up to "
+                       f"{selectors.COUNT_MAX:,}: that number means at least as many.")
     items: list[ImageOut]
+    next: str | None = Field(description="The next page's URL (the same filters and a "
+                             "`cursor`), or null on the last page.")
 
 
 class VisibilityIn(Schema):
@@ -112,6 +114,9 @@ class ImageFilters(Paging):
     # (a number parser would take "+7", " 7" or "7_0").
     seed: str = Field("", description=f"An exact seed: 0 to {SEED_MAX}, decimal digits.")
     sort: Literal["new", "liked"] = "new"
+    cursor: str = Field("", max_length=selectors.CURSOR_MAX, description=(
+        "Where the page starts: the `cursor` in the `next` link of the page before. Any "
+        "depth costs the same; `offset` reads every image it skips."))
 
 
 @router.get("/images", response={200: ImagePage, **COMMON_ERRORS}, summary="List and search")
@@ -130,7 +135,36 @@ def image_list(request: HttpRequest, filters: Query[ImageFilters]):
     images = selectors.gallery_search(
         user=request.auth, scope=filters.scope, team=team, sort=filters.sort, **search
     )
-    return page(images, filters, lambda image: image_out(image, viewer=request.auth))
+    items, older = _page(images, filters)
+    return {"count": selectors.count_capped(images),
+            "items": [image_out(image, viewer=request.auth) for image in items],
+            "next": _next_link(request, older)}
+
+
+def _page(images, filters: ImageFilters) -> tuple[list[Image], str | None]:
+    """One page from `offset` or after `cursor` (not both), and the next page's cursor."""
+    if filters.cursor:
+        if filters.offset:
+            raise ApiError(400, {"cursor": "Give either a cursor or an offset."})
+        if selectors.decode_cursor(filters.cursor, filters.sort) is None:
+            raise ApiError(400, {"cursor": "Not a cursor of this listing: use a `next` link."})
+    if filters.offset:
+        rows = list(images[filters.offset : filters.offset + filters.limit + 1])
+        items = rows[:filters.limit]
+        more = len(rows) > filters.limit
+        return items, selectors.cursor_of(items[-1], filters.sort) if more else None
+    window = selectors.listing_window(images, sort=filters.sort, after=filters.cursor,
+                                      size=filters.limit)
+    return window.items, window.older
+
+
+def _next_link(request: HttpRequest, cursor: str | None) -> str | None:
+    if cursor is None:
+        return None
+    query = request.GET.copy()
+    query.pop("offset", None)
+    query["cursor"] = cursor
+    return f"{request.path}?{query.urlencode()}"
 
 
 @router.get("/images/{image_id}", response={200: ImageDetail, 404: Errors, **COMMON_ERRORS})

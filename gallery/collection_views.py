@@ -8,7 +8,7 @@ from django.views.decorators.http import require_POST
 
 from studio.services import teams_for_user
 
-from . import collections
+from . import collections, selectors
 from .models import Collection, Visibility
 from .services import GalleryError, get_image_for_user
 
@@ -60,7 +60,10 @@ def collection_detail(request, collection_id):
     is_owner = collection.owner_id == request.user.pk
     context = {
         "collection": collection,
-        "images": collections.collection_images(collection=collection, user=request.user),
+        "images": selectors.listing_window(
+            collections.collection_images(collection=collection, user=request.user),
+            size=selectors.PAGE_SIZE, after=request.GET.get("after", ""),
+            before=request.GET.get("before", "")),
         "is_owner": is_owner,
         "teams": teams_for_user(request.user) if is_owner else [],
         "visibilities": Visibility.choices,

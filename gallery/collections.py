@@ -12,6 +12,7 @@ from studio.services import as_uuid
 
 from .limits import check_cap, clean_text
 from .models import Collection, Image, Visibility
+from .selectors import listed
 from .services import GalleryError, resolve_visibility, visible_images
 
 NAME_MAX = Collection._meta.get_field("name").max_length
@@ -33,7 +34,9 @@ def get_collection_for_user(*, user, collection_id) -> Collection | None:
 
 
 def collection_images(*, collection: Collection, user) -> QuerySet[Image]:
-    return visible_images(user).filter(collections=collection).order_by("-created")
+    """The collection's images that `user` may see, for a listing (selectors.listing_window
+    orders and pages them)."""
+    return listed(visible_images(user).filter(collections=collection))
 
 
 def collections_owned(user) -> QuerySet[Collection]:

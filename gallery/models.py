@@ -33,13 +33,19 @@ class SharedQuerySet(models.QuerySet):
         """What the public gallery shows, to anyone, signed in or not."""
         return self.filter(self._shared(Visibility.PUBLIC))
 
+    def shared_with(self, team) -> "SharedQuerySet":
+        """What is shared with `team`, as its members see it: its gallery."""
+        return self.filter(self._shared(Visibility.TEAM, team=team))
+
     def visible_to(self, user) -> "SharedQuerySet":
         if getattr(user, "is_staff", False):
             return self
         if not getattr(user, "is_authenticated", False):
             return self.public()
-        team = self._shared(Visibility.TEAM, team__memberships__user=user)
-        return self.filter(self._shared(Visibility.PUBLIC) | team | Q(owner=user)).distinct()
+        # The user's teams as a subquery, not a join: a join needs DISTINCT, and DISTINCT
+        # makes Postgres read every visible row before it can return a listing's first page.
+        team = self._shared(Visibility.TEAM, team__in=user.memberships.values("team_id"))
+        return self.filter(self._shared(Visibility.PUBLIC) | team | Q(owner=user))
 
 
 class ImageQuerySet(SharedQuerySet):
@@ -81,9 +87,17 @@ class Image(models.Model):
 
     class Meta:
         ordering = ["-created"]
+        # One index per listing, in its order (gallery.selectors.SORTS, newest first: read
+        # backwards) after its equality filters, so a page of any depth is a short index range
+        # (docs/performance.md, "The gallery at 100,000 images").
         indexes = [
             GinIndex(fields=["search"], name="image_search"),
-            models.Index(fields=["visibility", "hidden", "-created"], name="image_public_new"),
+            models.Index(fields=["visibility", "hidden", "created", "output"], name="image_new"),
+            models.Index(fields=["visibility", "hidden", "like_count", "created", "output"],
+                         name="image_liked"),
+            models.Index(fields=["owner", "created", "output"], name="image_owner_new"),
+            models.Index(fields=["team", "visibility", "hidden", "created", "output"],
+                         name="image_team_new"),
             models.Index(fields=["seed"], name="image_seed"),
         ]
 

@@ -1,15 +1,29 @@
-"""Gallery reads: listings and search, always on top of `visible_images`."""
+"""Gallery reads: listings and search, always on top of `visible_images`, and their pages."""
+
+import base64
+import binascii
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
 
 from django.conf import settings
 from django.contrib.postgres.search import SearchQuery
-from django.db.models import QuerySet
+from django.db.models import F, Field, Func, QuerySet, Value
+from django.db.models.lookups import GreaterThan, LessThan
 
 from generation.engine import SEED_MAX
 
-from .models import Image, Visibility
+from .models import Image
 from .services import visible_images
 
-SORTS = {"new": "-created", "liked": "-like_count"}
+# Each listing's order, all descending, ending in the primary key so that it is total: a
+# page boundary is then one row, and the next page starts right after it (keyset paging).
+# Image.Meta.indexes holds an index per listing in this order.
+SORTS = {"new": ("created", "pk"), "liked": ("like_count", "created", "pk")}
+PAGE_SIZE = 24  # a listing's page on the site
+# The API counts a listing up to here: beyond it, counting costs a row read per image.
+COUNT_MAX = 1000
 # Postgres nests each `-` (exclude) of a web search that follows another with no word between
 # ("---cat", "- - cat", "(-(-cat") and fails past 32 levels: "tsquery stack too small".
 MAX_EXCLUSIONS = 16
@@ -54,7 +68,7 @@ def gallery_search(*, user, scope: str = "public", team=None, query: str = "",
     if scope == "mine":
         images = images.filter(owner=user)
     elif scope == "team":
-        images = images.filter(visibility=Visibility.TEAM, team=team)
+        images = images.shared_with(team)
     else:
         images = images.public()
     if query.strip():
@@ -65,4 +79,109 @@ def gallery_search(*, user, scope: str = "public", team=None, query: str = "",
         images = images.filter(sampler=sampler)
     if seed.strip():
         images = images.filter(seed=int(seed))
-    return images.order_by(SORTS.get(sort, "-created"), "-created")
+    return listed(images).order_by(*(f"-{key}" for key in sort_keys(sort)))
+
+
+def count_capped(images: QuerySet[Image]) -> int:
+    """How many images a listing holds, counted up to COUNT_MAX (which then means "at
+    least"): an exact count reads every matching row, 50,000 of them in a public gallery of
+    100,000 images."""
+    # Unordered: in the listing's order, a rare word's few matches are sought along the
+    # whole date index instead of found in the search index.
+    return images.order_by()[:COUNT_MAX].count()
+
+
+def listed(images: QuerySet[Image]) -> QuerySet[Image]:
+    """`images` without what no listing shows: the recipe (up to 15 kB of JSON an image) and
+    the search vector."""
+    return images.defer("search", "output__recipe")
+
+
+def sort_keys(sort: str) -> tuple[str, ...]:
+    return SORTS.get(sort, SORTS["new"])
+
+
+class _Row(Func):
+    """A row constructor, `(a, b, c)`: Postgres compares rows element by element, and reads a
+    comparison of an index's columns as a range of that index."""
+
+    function = ""
+    output_field = Field()
+
+
+@dataclass(frozen=True)
+class Window:
+    """One page of a listing: its images, and the cursors of the pages on either side (None
+    at either end)."""
+
+    items: list[Image]
+    newer: str | None
+    older: str | None
+
+    def __iter__(self):
+        return iter(self.items)
+
+
+def listing_window(images: QuerySet[Image], *, sort: str = "new", after: str = "",
+                   before: str = "", size: int) -> Window:
+    """The page of `images` (ordered by `sort`) after the cursor `after` (the older pages) or
+    before `before` (the newer ones); the first page without either, or with a cursor that
+    is not one. Any depth costs the same: one index range of `size` + 1 rows, no OFFSET and
+    no COUNT (docs/gallery.md, "Listings").
+
+    1. Decode the cursor: the sort values of the row the page starts next to.
+    2. Read `size` + 1 rows beyond it, in the listing's order (before: in reverse, then turned
+       round); the extra row says whether there is a page beyond.
+    3. A page before the newest that comes back short is the newest page itself."""
+    keys = sort_keys(sort)
+    images = images.order_by(*(f"-{key}" for key in keys))
+    columns = _Row(*(F(key) for key in keys))
+    if (cursor := decode_cursor(before, sort)) is not None:
+        rows = list(images.filter(GreaterThan(columns, _values(cursor))).reverse()[:size + 1])
+        if len(rows) > size:
+            items = rows[:size][::-1]
+            return Window(items, newer=cursor_of(items[0], sort), older=cursor_of(items[-1], sort))
+        after = ""
+    cursor = decode_cursor(after, sort)
+    if cursor is not None:
+        images = images.filter(LessThan(columns, _values(cursor)))
+    rows = list(images[:size + 1])
+    items = rows[:size]
+    newer = cursor_of(items[0], sort) if cursor is not None and items else None
+    older = cursor_of(items[-1], sort) if len(rows) > size else None
+    return Window(items, newer=newer, older=older)
+
+
+def _values(cursor: tuple) -> _Row:
+    return _Row(*(Value(value) for value in cursor))
+
+
+def cursor_of(image: Image, sort: str = "new") -> str:
+    """The cursor of the page boundary at `image` in the listing sorted by `sort`: its sort
+    values, as opaque text for a query string."""
+    values = [getattr(image, key) for key in sort_keys(sort)]
+    text = json.dumps([v.isoformat() if isinstance(v, datetime) else str(v) if
+                       isinstance(v, uuid.UUID) else v for v in values])
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+CURSOR_MAX = 200  # characters; a real one has about 100
+CURSOR_TYPES = {"created": datetime.fromisoformat, "pk": uuid.UUID, "like_count": int}
+
+
+def decode_cursor(cursor: str, sort: str = "new") -> tuple | None:
+    """The sort values a cursor of the listing sorted by `sort` holds, each of its key's
+    type; None for anything else (a cursor arrives in a query string, from anyone)."""
+    keys = sort_keys(sort)
+    if not cursor or len(cursor) > CURSOR_MAX:
+        return None
+    try:
+        values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(values, list) or len(values) != len(keys):
+            return None
+        typed = tuple(CURSOR_TYPES[key](value) for key, value in zip(keys, values, strict=True))
+    except (ValueError, TypeError, AttributeError, binascii.Error):
+        return None
+    aware = all(v.tzinfo is not None for v in typed if isinstance(v, datetime))
+    in_range = all(0 <= v < 2**31 for v in typed if isinstance(v, int))
+    return typed if aware and in_range else None

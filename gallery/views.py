@@ -2,7 +2,6 @@
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -22,8 +21,6 @@ from .reproduce import (
     reproduction_verify,
     reproductions_for,
 )
-
-PAGE_SIZE = 24
 
 
 def _image_or_404(request, image_id):
@@ -181,9 +178,12 @@ def _listing(request, *, scope: str, title: str, team=None):
     images = Image.objects.none() if errors else selectors.gallery_search(
         user=request.user, scope=scope, team=team, sort=params.get("sort", "new"), **search
     )
-    page = Paginator(images, PAGE_SIZE).get_page(params.get("page"))
+    page = selectors.listing_window(
+        images, sort=params.get("sort", "new"), size=selectors.PAGE_SIZE,
+        after=params.get("after", ""), before=params.get("before", ""))
     query = params.copy()
-    query.pop("page", None)
+    for cursor in ("after", "before", "page"):  # `page`: the page numbers links had before
+        query.pop(cursor, None)
     context = {"page": page, "title": title, "scope": scope, "team": team,
                "search_errors": errors,
                "teams": teams_for_user(request.user) if request.user.is_authenticated else [],

@@ -49,6 +49,9 @@ class Job(models.Model):
     # The image and mask it starts from (img2img, inpainting), which its recipe names by
     # hash; stored once per owner, so jobs that send the same image share it.
     inputs = models.ManyToManyField("InputImage", blank=True, related_name="jobs")
+    # Claims that started a job behind this one while it was its owner's turn
+    # (STUDIO_AFFINITY_MAX_DEFER, docs/architecture.md §3.3); counted only while that is on.
+    deferred = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["-queued_at"]

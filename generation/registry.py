@@ -331,16 +331,32 @@ def device() -> tuple:
     return engine.resolve_device(getattr(settings, "STUDIO_DEVICE", "auto"))
 
 
-def model_memory() -> dict:
+def model_memory(recipe: engine.Recipe | None = None) -> dict:
     """How this process keeps its models: ``engine.load_pipeline``'s ``budget_bytes`` and
-    ``cpu_offload``, from STUDIO_WORKER_MODEL_MEMORY and STUDIO_CPU_OFFLOAD."""
+    ``cpu_offload``, from STUDIO_WORKER_MODEL_MEMORY and STUDIO_CPU_OFFLOAD, and the
+    ``fast_path`` it prepares them with: the recipe's own where it records one (a
+    reproduction's, which loads the model again if this worker's differs), else this
+    worker's (``fast_path``)."""
+    default = fast_path()
     return {"budget_bytes": getattr(settings, "STUDIO_WORKER_MODEL_MEMORY", 0),
-            "cpu_offload": getattr(settings, "STUDIO_CPU_OFFLOAD", "off") == "model"}
+            "cpu_offload": getattr(settings, "STUDIO_CPU_OFFLOAD", "off") == "model",
+            "fast_path": default if recipe is None else engine.run_fast_path(recipe, default)}
 
 
 def vae_tiling() -> str:
     """When runs decode in tiles, STUDIO_VAE_TILING: off, on or auto (``engine.generate``)."""
     return getattr(settings, "STUDIO_VAE_TILING", "off")
+
+
+def fast_path() -> engine.FastPath:
+    """The fast path this worker loads its models with (STUDIO_COMPILE, STUDIO_CHANNELS_LAST,
+    STUDIO_FUSED_QKV): on CUDA only. On the CPU none: unmeasured there, and a compile takes
+    minutes on a few cores; a recipe that names one is still run with it where it can be."""
+    if device()[0].type != "cuda":
+        return engine.FastPath()
+    return engine.FastPath(compile=getattr(settings, "STUDIO_COMPILE", "off"),
+                           channels_last=getattr(settings, "STUDIO_CHANNELS_LAST", False),
+                           fused_qkv=getattr(settings, "STUDIO_FUSED_QKV", False))
 
 
 def threads() -> int | None:

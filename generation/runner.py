@@ -4,7 +4,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,6 +59,89 @@ def run(job: Job) -> str:
         job.refresh_from_db()
     announce(job, outputs=stored)
     return outcome
+
+
+def run_batch(jobs: list[Job]) -> str:
+    """Run claimed jobs as one engine batch (docs/architecture.md §3.3), each to an end state
+    of its own, and announce each. As `run` does, but:
+
+    - one sidecar run serves them all: each job's watchers get its own images' previews
+      alone, and a job canceled or reaped meanwhile is no longer reported (the batch goes on
+      for the others; it stops only once every job has);
+    - a job canceled during the batch ends canceled when the batch ends; its images are
+      made but dropped, and the others' are stored;
+    - a failure of the run fails every job with its reason; one storing a job's images
+      fails that job alone.
+    """
+    ended: dict = {}  # job id -> (outcome, stored outputs or None)
+    try:
+        recipes = [_recipe(job) for job in jobs]
+        steps = sidecar.get().begin_batch(jobs, [recipe.batch_size for recipe in recipes])
+        result, frames = _generate_batch(jobs, recipes, steps)
+        for job, part in zip(jobs, _parts(result, recipes), strict=True):
+            ended[job.pk] = _end_part(job, part, frames, steps)
+    except Exception as exc:  # every failure ends the jobs not ended yet, with its reason
+        if not isinstance(exc, SoftTimeLimitExceeded):
+            log.exception("batch %s failed", [str(job.pk) for job in jobs])
+        for job in jobs:
+            if job.pk not in ended:
+                services.job_fail(job=job, reason=_batch_failure(exc))
+                ended[job.pk] = ("failed", None)
+    for job in jobs:
+        outcome, stored = ended[job.pk]
+        if stored is None:
+            job.refresh_from_db()
+        announce(job, outputs=stored)
+    return ", ".join(outcome for outcome, _ in ended.values())
+
+
+def _generate_batch(jobs: list[Job], recipes: list[engine.Recipe],
+                    steps: sidecar.SidecarRun) -> tuple[engine.Result, dict]:
+    """The merged run's result (`model_load` in its timings, as `_generate`'s), and the
+    frames the sidecar kept for each job."""
+    try:
+        pipeline, model_load = _pipeline(jobs, recipes[0])
+        result = engine.generate_batch(
+            recipes, pipeline=pipeline, on_step=steps.step, should_cancel=steps.should_stop,
+            lora_files=_lora_files(recipes[0]), hashes=registry.weights_hash,
+            vae_tiling=registry.vae_tiling(),
+            fast_path=registry.model_memory(recipes[0])["fast_path"],
+        )
+    finally:
+        frames = steps.end()
+    result.timings.update(model_load=model_load, batched_jobs=len(jobs))
+    return result, frames or {}
+
+
+def _parts(result: engine.Result, recipes: list[engine.Recipe]) -> Iterator[engine.Result]:
+    """Each job's share of the merged result: its images and their recipes (a canceled run
+    has none), the run's timings."""
+    start = 0
+    for recipe in recipes:
+        stop = start + recipe.batch_size
+        yield engine.Result(images=result.images[start:stop], recipes=result.recipes[start:stop],
+                            timings=dict(result.timings), canceled=result.canceled)
+        start = stop
+
+
+def _end_part(job: Job, part: engine.Result, frames: dict,
+              steps: sidecar.SidecarRun) -> tuple[str, list | None]:
+    if part.canceled or steps.has_stopped(job):
+        return _stopped(job), None
+    try:
+        stored = _finish(job, part, frames.get(str(job.pk), []))
+    except Exception as exc:  # this job's images alone are lost
+        log.exception("job %s failed", job.pk)
+        services.job_fail(job=job, reason=failure_reason(exc))
+        return "failed", None
+    return ("succeeded" if stored is not None else "superseded"), stored
+
+
+def _batch_failure(exc: Exception) -> str:
+    if isinstance(exc, SoftTimeLimitExceeded):
+        limit = settings.CELERY_TASK_SOFT_TIME_LIMIT
+        return f"The job took longer than the {limit} s time limit."
+    return failure_reason(exc)
 
 
 def announce(job: Job, outputs=None) -> None:
@@ -122,24 +205,15 @@ def _generate(job: Job, steps: sidecar.SidecarRun) -> tuple[engine.Result, list[
     `model_load`: the seconds this job waited for the model's pipeline to load and its
     weights to be hashed, 0 when this worker had it loaded already (the default model from
     the worker's start, see preload)."""
-    # The server decides the threads, whatever a recipe says (services.job_submit).
-    recipe = replace(engine.Recipe.from_json(job.recipe), threads=registry.threads())
-    device, dtype = registry.device()
-    memory = registry.model_memory()
+    recipe = _recipe(job)
     try:
-        source = recipe.model.source
-        loaded = engine.pipeline_loaded(source, device=device, dtype=dtype,
-                                        cpu_offload=memory["cpu_offload"])
-        started = time.perf_counter()
-        with nullcontext() if loaded else loading_news(job, recipe.model.name):
-            pipeline = engine.load_pipeline(source, device=device, dtype=dtype, **memory)
-            registry.weights_hash(source)  # a lookup once the database has it
-        model_load = 0.0 if loaded else time.perf_counter() - started
+        pipeline, model_load = _pipeline([job], recipe)
         # Each step is handed to the sidecar on the sampling thread: one send.
         result = engine.generate(
             recipe, pipeline=pipeline, on_step=steps.step, should_cancel=steps.should_stop,
             lora_files=_lora_files(recipe), hashes=registry.weights_hash,
             vae_tiling=registry.vae_tiling(), inputs=files_for(job),
+            fast_path=registry.model_memory(recipe)["fast_path"],
         )
     finally:
         # Every step sent is reported and its heartbeat written before the job is finished,
@@ -147,6 +221,38 @@ def _generate(job: Job, steps: sidecar.SidecarRun) -> tuple[engine.Result, list[
         frames = steps.end()
     result.timings["model_load"] = model_load
     return result, frames
+
+
+def _recipe(job: Job) -> engine.Recipe:
+    # The server decides the threads, whatever a recipe says (services.job_submit).
+    return replace(engine.Recipe.from_json(job.recipe), threads=registry.threads())
+
+
+def _pipeline(jobs: list[Job], recipe: engine.Recipe) -> tuple["engine.StudioPipeline", float]:
+    """The recipe's model's pipeline, prepared for its fast path (registry.model_memory), and
+    the seconds the jobs waited for it to load and its weights to be hashed (0 when this
+    worker had it already); its watchers hear of the wait."""
+    device, dtype = registry.device()
+    model, memory = recipe.model, registry.model_memory(recipe)
+    loaded = engine.pipeline_loaded(model.source, device=device, dtype=dtype,
+                                    cpu_offload=memory["cpu_offload"],
+                                    fast_path=memory["fast_path"])
+    started = time.perf_counter()
+    with ExitStack() as news:
+        for job in [] if loaded else jobs:
+            news.enter_context(loading_news(job, model.name))
+        pipeline = engine.load_pipeline(model.source, device=device, dtype=dtype, **memory)
+        registry.weights_hash(model.source)  # a lookup once the database has it
+    return pipeline, 0.0 if loaded else time.perf_counter() - started
+
+
+def holds(source: str) -> bool:
+    """Whether this worker process has the model at `source` loaded: model affinity's
+    question (claims.jobs_claim)."""
+    device, dtype = registry.device()
+    memory = registry.model_memory()
+    return engine.pipeline_loaded(source, device=device, dtype=dtype,
+                                  cpu_offload=memory["cpu_offload"], fast_path=memory["fast_path"])
 
 
 def _lora_files(recipe: engine.Recipe) -> dict[str, Path]:
@@ -173,7 +279,9 @@ def preload() -> None:
         source = registry.default_source()
         sidecar.get().start()
         device, dtype = registry.device()
-        engine.load_pipeline(source, device=device, dtype=dtype, **registry.model_memory())
+        pipeline = engine.load_pipeline(source, device=device, dtype=dtype,
+                                        **registry.model_memory())
+        engine.warm_up(pipeline)  # a compiled one compiles now (STUDIO_COMPILE)
         registry.weights_hash(source)
     except Exception:
         log.exception("could not preload the default model %r", name)
@@ -197,9 +305,11 @@ def _finish(job: Job, result, frames: list[dict]) -> list | None:
     lora_hashes = {name: engine.a1111_hash(path) for name, path in files.items()}
 
     def finish() -> list | None:
-        outputs = [_output_fields(image, recipe, frames, lora_hashes)
-                   for image, recipe in zip(result.images, result.recipes, strict=True)
-                   if job.shows(recipe.batch_index)]
+        # Numbered in the job's own batch: a merged batch's recipes number its places.
+        outputs = [_output_fields(index, image, recipe, frames, lora_hashes)
+                   for index, (image, recipe)
+                   in enumerate(zip(result.images, result.recipes, strict=True))
+                   if job.shows(index)]
         # Each output carries its own frames (Output.trajectory).
         return services.job_finish(job=job, outputs=outputs, timings=result.timings)
 
@@ -219,8 +329,8 @@ def _stopped(job: Job) -> str:
     return "superseded"
 
 
-def _output_fields(image, recipe, frames: list[dict], lora_hashes: dict[str, str]) -> dict:
-    index = recipe.batch_index
+def _output_fields(index: int, image, recipe, frames: list[dict],
+                   lora_hashes: dict[str, str]) -> dict:
     png = engine.png_with_recipe(image, recipe, lora_hashes)
     return {
         "index": index,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery
 
 from . import broadcast
+from .batching import Head
 from .models import Job, Output
 
 
@@ -52,6 +53,17 @@ def fair_queue() -> QuerySet[Job]:
         # pk last: ties broken the same way by every query, the claim's and start_order's
         .order_by("later", F("last_served").asc(nulls_first=True), "queued_at", "pk")
     )
+
+
+def round_heads(*, limit: int, exclude=()) -> list[Head]:
+    """The current round: each user's oldest queued job, in fair order, the first `limit` of
+    them, less `exclude` (heads another worker was claiming a moment ago). A user's later
+    jobs are never here, so no claim takes two of one user's jobs (batching.plan_claim)."""
+    rows = (
+        fair_queue().filter(later=False).exclude(pk__in=exclude)
+        .values_list("pk", "owner_id", "recipe", "reveals", "deferred")[:limit]
+    )
+    return [Head.from_row(*row) for row in rows]
 
 
 def start_order() -> list:

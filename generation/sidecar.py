@@ -15,16 +15,21 @@ on its first job, so it starts at once and shares the imported code. It serves o
 a time over a socket pair:
 
     worker -> sidecar   ("begin", job fields) ("step", step, total, preview, elapsed)... ("end",)
-    sidecar -> worker   ("stop",) once, if the job was canceled or reaped meanwhile
+    sidecar -> worker   ("stop", job id) once, if the job was canceled or reaped meanwhile
                         ("failed", reason) once, if a step could not be reported
                         ("ended", frames) after the last step's messages and heartbeat,
                         frames: [{"step", "index", "image"}], index being the batch's
+
+A batch of several jobs (docs/architecture.md §3.3) begins ("begin", {"every", "parts"}), a
+part per job with its place: each job's watchers see its own images alone, each job has its
+heartbeat, one that stops is reported no further; "ended" carries {job id: frames}.
 
 and exits when the worker process goes away (its end of the socket closes).
 """
 
 import base64
 import functools
+import itertools
 import logging
 import math
 import os
@@ -73,12 +78,17 @@ class Sidecar:
 
     def begin(self, job: Job) -> "SidecarRun":
         self.start()
-        every = max(1, math.ceil(job.total_steps / TRAJECTORY_FRAMES))
-        self.conn.send(("begin", {
-            "job_id": str(job.pk), "attempt": job.attempt, "group": job.group_name,
-            "every": every, "reveals": job.reveals,
-        }))
-        return SidecarRun(self)
+        self.conn.send(("begin", {**_fields(job), "every": _every(job)}))
+        return SidecarRun(self, [job])
+
+    def begin_batch(self, jobs: list[Job], sizes: list[int]) -> "SidecarRun":
+        """One run for jobs merged into one batch, in batch order, of `sizes` images each."""
+        self.start()
+        starts = itertools.accumulate(sizes, initial=0)
+        parts = [{**_fields(job), "start": start, "size": size}
+                 for job, start, size in zip(jobs, starts, sizes, strict=False)]
+        self.conn.send(("begin", {"parts": parts, "every": _every(jobs[0])}))
+        return SidecarRun(self, jobs)
 
     def close(self) -> None:
         """Stop the sidecar now, even one stuck in a write; the next job forks another."""
@@ -125,15 +135,25 @@ class Sidecar:
         self.pid, self.conn = pid, Connection(ours.detach())
 
 
-class SidecarRun:
-    """One job's steps, sent to the sidecar. ``step``, ``should_stop`` and ``end`` are called
-    on the sampling thread (the engine calls ``on_step`` there); a socket carries both
-    directions at once."""
+def _fields(job: Job) -> dict:
+    return {"job_id": str(job.pk), "attempt": job.attempt, "group": job.group_name,
+            "reveals": job.reveals}
 
-    def __init__(self, sidecar: Sidecar):
+
+def _every(job: Job) -> int:
+    return max(1, math.ceil(job.total_steps / TRAJECTORY_FRAMES))
+
+
+class SidecarRun:
+    """One job's steps (or one batch's), sent to the sidecar. ``step``, ``should_stop`` and
+    ``end`` are called on the sampling thread (the engine calls ``on_step`` there); a socket
+    carries both directions at once."""
+
+    def __init__(self, sidecar: Sidecar, jobs: list[Job]):
         self.sidecar = sidecar
         self.conn = sidecar.conn
-        self.stop = False
+        self.jobs = {str(job.pk) for job in jobs}
+        self.stopped: set[str] = set()  # the jobs canceled or reaped meanwhile
         self.failure: str | None = None
 
     def step(self, step: int, total: int, preview, elapsed: float) -> None:
@@ -148,8 +168,8 @@ class SidecarRun:
             raise
 
     def should_stop(self) -> bool:
-        """True once the sidecar found the job canceled or reaped; raises if it could not
-        report a step."""
+        """True once the sidecar found the job (every job of a batch) canceled or reaped;
+        raises if it could not report a step."""
         try:
             while self.conn.poll():
                 self._take(self.conn.recv())
@@ -157,12 +177,15 @@ class SidecarRun:
             raise SidecarError(f"the worker's sidecar process stopped ({exc})") from exc
         if self.failure is not None:
             raise SidecarError(self.failure)
-        return self.stop
+        return self.stopped == self.jobs
 
-    def end(self) -> list[dict]:
+    def has_stopped(self, job: Job) -> bool:
+        return str(job.pk) in self.stopped
+
+    def end(self) -> list[dict] | dict[str, list[dict]]:
         """Wait until every step sent is published and its heartbeat written; the kept
-        trajectory frames, each of one image of the batch. Past END_TIMEOUT, or if the
-        sidecar died, none."""
+        trajectory frames, each of one image of the batch (of a batch of jobs: per job id).
+        Past END_TIMEOUT, or if the sidecar died, none."""
         try:
             self.conn.send(("end",))
             while self.conn.poll(END_TIMEOUT):
@@ -183,7 +206,7 @@ class SidecarRun:
 
     def _take(self, message: tuple) -> None:
         if message[0] == "stop":
-            self.stop = True
+            self.stopped.add(message[1])
         elif message[0] == "failed":
             self.failure = message[1]
 
@@ -206,7 +229,10 @@ def _serve(conn: Connection) -> None:
         while True:
             kind, fields = conn.recv()
             assert kind == "begin", kind
-            _JobSteps(conn, **fields).serve()
+            if "parts" in fields:
+                _BatchSteps(conn, **fields).serve()
+            else:
+                _JobSteps(conn, **fields).serve()
     except EOFError:
         pass
     finally:
@@ -324,7 +350,43 @@ class _JobSteps:
         self.unwritten = None
         if not running and not self.stopped:
             self.stopped = True
-            self.conn.send(("stop",))
+            self.conn.send(("stop", self.job_id))
+
+
+@dataclass
+class _BatchSteps:
+    """A batch's steps, one part per job (a _JobSteps of its own): each step's preview cut
+    to the part's images for its watchers and frames, a heartbeat per job. A part whose job
+    stopped is reported no further; the others go on."""
+
+    conn: Connection
+    parts: list[dict]
+    every: int
+
+    def serve(self) -> None:
+        jobs = [self._part(dict(part)) for part in self.parts]
+        inbox = _Inbox(self.conn)
+        services.announce_queue()
+        while (message := inbox.get())[0] == "step":
+            step, total, preview, elapsed = message[1:]
+            for job, start, size in jobs:
+                if not job.stopped:
+                    own = None if preview is None else engine.preview_part(preview, start, size)
+                    job._report(step, total, own, elapsed)
+            if inbox.empty():
+                self._beat(jobs)
+        self._beat(jobs)
+        self.conn.send(("ended", {job.job_id: job.frames for job, _, _ in jobs}))
+
+    def _part(self, fields: dict) -> tuple["_JobSteps", int, int]:
+        start, size = fields.pop("start"), fields.pop("size")
+        return _JobSteps(self.conn, every=self.every, **fields), start, size
+
+    @staticmethod
+    def _beat(jobs) -> None:
+        for job, _, _ in jobs:
+            if not job.stopped:
+                job._beat()
 
 
 def preview_url(preview: engine.StepPreview, index: int | None = None) -> str:

@@ -5,7 +5,7 @@ import socket
 from celery import current_app, shared_task, signals
 from django.conf import settings
 
-from . import runner, services
+from . import claims, runner, services
 from .models import Job
 from .workers import broker_backlog
 
@@ -15,12 +15,19 @@ from .workers import broker_backlog
 @shared_task(name=services.RUN_JOB, ignore_result=True, bind=True)
 def run_job(self, job_id: str | None = None) -> str:
     """Run the next job in fair order. `job_id` names the job this message was sent for;
-    the worker may run another (docs/architecture.md §3), and every message runs at most one job.
+    the worker may run another (docs/architecture.md §3), and every message runs at most one
+    claim: one job, or with batching on one batch of jobs (the others' messages then find
+    another job, or none).
 
     The job records the worker's node name (`gpu0@host`), the name the staff page lists
     among the workers that are up: a host runs one worker per GPU, so the host's name alone
     would not say which one has the job."""
     worker = self.request.hostname or socket.gethostname()  # no node name when run eagerly
+    if claims.claims_by_plan():  # batching or model affinity (docs/architecture.md §3.3)
+        jobs = claims.jobs_claim(worker=worker, holds=runner.holds)
+        if not jobs:
+            return "no job waiting"
+        return runner.run(jobs[0]) if len(jobs) == 1 else runner.run_batch(jobs)
     job = services.job_claim_next(worker=worker)
     if job is None:
         return "no job waiting"

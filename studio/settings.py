@@ -317,6 +317,17 @@ if STUDIO_CPU_OFFLOAD == "model" and STUDIO_DEVICE == "cpu":
 # Decode in tiles (which changes the pixels; recipes record it): `on`, `off`, or `auto` when
 # the decode would not fit the memory free on the device.
 STUDIO_VAE_TILING = envchoice("STUDIO_VAE_TILING", "off", ("off", "on", "auto"))
+# The GPU fast path (docs/engine.md, "The fast path"), applied as a CUDA worker loads a model
+# and recorded in recipes; a CPU worker ignores it. Off until a GPU measurement supports each
+# (docs/performance.md): each may change the pixels. Compiled pipelines warm up as the worker
+# starts, which can take minutes: raise STUDIO_WORKER_START_TIMEOUT to match.
+STUDIO_COMPILE = envchoice("STUDIO_COMPILE", "off", ("off", "default", "max-autotune",
+                                                      "max-autotune-no-cudagraphs",
+                                                      "reduce-overhead"))
+STUDIO_CHANNELS_LAST = envbool("STUDIO_CHANNELS_LAST", False)
+STUDIO_FUSED_QKV = envbool("STUDIO_FUSED_QKV", False)
+if STUDIO_COMPILE != "off" and STUDIO_CPU_OFFLOAD == "model":
+    raise ImproperlyConfigured("STUDIO_COMPILE does not go with STUDIO_CPU_OFFLOAD=model")
 CELERY_WORKER_PROC_ALIVE_TIMEOUT = envint("STUDIO_WORKER_START_TIMEOUT", 600)
 
 LOGGING = {
@@ -359,6 +370,16 @@ STUDIO_MAX_SUBMITS_PER_MINUTE = envint("STUDIO_MAX_SUBMITS_PER_MINUTE", 30)
 # A running job whose last heartbeat is older than this is presumed dead and requeued.
 STUDIO_HEARTBEAT_TIMEOUT = envint("STUDIO_HEARTBEAT_TIMEOUT", 60)
 STUDIO_MAX_ATTEMPTS = envint("STUDIO_MAX_ATTEMPTS", 3)
+# How a worker claims (docs/architecture.md §3.3). Batching: a claim may take compatible jobs
+# (text to image, same model, size, sampler, steps, guidance, LoRAs) from other users' turns
+# in the current round and run them as one engine batch of at most this many images (1: off;
+# at most a recipe's largest batch, 8, so every merged image's recipe stays one that runs).
+STUDIO_BATCH_MAX = envint("STUDIO_BATCH_MAX", 1)
+if not 1 <= STUDIO_BATCH_MAX <= 8:
+    raise ImproperlyConfigured(f"STUDIO_BATCH_MAX must be from 1 to 8, not {STUDIO_BATCH_MAX}")
+# Model affinity: a worker takes a later user's job for a model it holds loaded before the
+# head of the fair order, passing a user's turn at most this many claims (0: off).
+STUDIO_AFFINITY_MAX_DEFER = envint("STUDIO_AFFINITY_MAX_DEFER", 0)
 STUDIO_REAP_INTERVAL = envint("STUDIO_REAP_INTERVAL", 15)
 # The broker queue GPU workers consume. Test runs use one of their own, so two runs on one
 # machine never take each other's messages.

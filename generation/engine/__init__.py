@@ -24,9 +24,17 @@ Models (``families.py``, ``checkpoints.py``, ``specs.py``, ``models.py``, ``vae_
     inspect_checkpoint(path) -> Checkpoint     a single file checked and classified, its configs
     read_header(path) -> Header                a safetensors header, checked against the file
     resolve_device(setting) -> (device, dtype) cuda: bf16/fp16 + SDPA; cpu: fp32
-    load_pipeline(source, *, device, dtype)    cached per (source, device, dtype); safetensors
+    load_pipeline(source, *, device, dtype, fast_path=FastPath())
+                                               cached per (source, device, dtype, fast path's
+                                               compile and memory format); safetensors
     pipeline_loaded(source, *, device, dtype)  whether load_pipeline has it cached already
     ModelLoadError, StudioPipeline (SD 1.x, 2.x), StudioXLPipeline (SDXL)
+
+The GPU fast path (``fast_path.py``, ``recipe.py``, light; ``fast_pipeline.py``)
+    FastPath(compile, channels_last, fused_qkv), COMPILE_MODES   a recipe's ``fast_path``
+    run_fast_path(recipe, default) -> FastPath the one a recipe runs with: its own, none for
+                                               an older recipe, else the worker's
+    warm_up(pipeline) -> seconds               a compiled pipeline's first runs, done now
 
 Samplers (``sampler_names.py``, ``schedules.py``, ``samplers.py``)
     SAMPLERS                                   A1111 name -> (scheduler class name, overrides)
@@ -34,7 +42,7 @@ Samplers (``sampler_names.py``, ``schedules.py``, ``samplers.py``)
 
 Generation (``sampling.py``, ``stepper.py``, ``image_runs.py``, ``previews.py``)
     generate(recipe, *, pipeline=None, on_step=None, should_cancel=None, preview=Previews(),
-             inputs=None)
+             inputs=None, fast_path=None)
         -> Result(images, recipes, timings, canceled)
         on_step(step, total, preview | None, elapsed_seconds) after each of the
         ``total = steps_run(recipe)`` steps actually run (every pass of img2img, inpainting
@@ -43,7 +51,15 @@ Generation (``sampling.py``, ``stepper.py``, ``image_runs.py``, ``previews.py``)
     StepPreview (LatentPreview | DecodedPreview): picklable arrays; render(index=None) ->
         image bytes, the batch side by side or its image at ``index`` alone
     Previews(vae_every=0, max_size=256, format="WEBP"), fit_latent_rgb(pipeline)
+    preview_part(preview, start, size)        a batch's preview cut to some of its images
     WeightsMismatchError, GenerationError, InputMissingError (light: errors.py)
+
+Batches of several jobs (``batch_keys.py``, light; ``batches.py``)
+    batch_key(recipe) -> str | None            equal for recipes that may share one batch;
+                                               None: text to image only, no variation seed
+    generate_batch(recipes, *, pipeline, ...)  -> Result: their images in one batch, each
+                                               image's recipe that of a batch of that size
+                                               with it at its place (docs/architecture.md §4.2)
 
 PNG metadata and reproduction (``pngmeta.py``, ``comparison.py``, ``sampling.py``)
     png_with_recipe(image, recipe) -> bytes    tEXt ``parameters`` (A1111) + iTXt ``studio_recipe``
@@ -85,10 +101,12 @@ Light and heavy names
 
 import importlib
 
+from .batch_keys import batch_key
 from .checkpoints import Checkpoint, Header, inspect_checkpoint, read_header
 from .comparison import DIFFERS, IDENTICAL, WITHIN_ONE_LEVEL, Comparison, compare_images
 from .errors import GenerationError, InputMissingError, WeightsMismatchError
 from .families import FAMILIES, Family
+from .fast_path import COMPILE_MODES, FastPath
 from .inputs import (
     MAX_INPUT_BYTES,
     MAX_INPUT_PIXELS,
@@ -132,6 +150,7 @@ from .recipe import (
     SchedulerRef,
     Versions,
     random_seed,
+    run_fast_path,
 )
 from .sampler_names import SAMPLERS
 from .specs import ModelLoadError, ModelSpec, load_spec, weights_hash
@@ -141,13 +160,14 @@ from .validation import build_recipe, validate_recipe
 # records recipes with the names above and never loads them (docs/architecture.md §1). No
 # module is named like one of these names: importing it would bind the module to the name.
 _HEAVY = {
-    "sampling": ("Result", "generate", "reproduce"),
+    "sampling": ("Result", "generate", "reproduce", "warm_up"),
+    "batches": ("generate_batch",),
     "models": (
         "StudioPipeline", "StudioXLPipeline", "load_pipeline", "pipeline_loaded", "resolve_device",
     ),
     "previews": (
         "DecodedPreview", "LatentPreview", "LatentRGB", "Previews", "StepPreview",
-        "fit_latent_rgb",
+        "fit_latent_rgb", "preview_part",
     ),
     "samplers": ("make_scheduler",),
     "lora_weights": ("apply_loras",),
@@ -164,6 +184,10 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "COMPILE_MODES",
+    "FastPath",
+    "run_fast_path",
+    "warm_up",
     "MAX_INPUT_BYTES",
     "MAX_INPUT_PIXELS",
     "MAX_MASK_BLUR",
@@ -220,11 +244,14 @@ __all__ = [
     "WeightsMismatchError",
     "a1111_hash",
     "apply_loras",
+    "batch_key",
     "build_recipe",
     "compare_images",
     "fit_latent_rgb",
+    "preview_part",
     "format_parameters",
     "generate",
+    "generate_batch",
     "inspect_lora",
     "lora_mismatch",
     "inspect_checkpoint",

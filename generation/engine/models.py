@@ -30,6 +30,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .checkpoints import Checkpoint, checked_path, inspect_checkpoint, is_single_file, read_header
 from .families import FAMILIES, family_of, read_json
+from .fast_path import OFF, FastPath
+from .fast_pipeline import check_fast_path, prepare
 from .samplers import scheduler_class
 from .specs import (
     ModelLoadError,
@@ -113,8 +115,9 @@ def resolve_device(setting: str = "auto") -> tuple[torch.device, torch.dtype]:
     return torch.device("cuda"), dtype
 
 
-# (source, device, dtype, offloaded) -> the pipeline, the least recently used first.
-_Key = tuple[str, str, torch.dtype, bool]
+# (source, device, dtype, offloaded, fast path as loaded) -> the pipeline, least recently
+# used first.
+_Key = tuple[str, str, torch.dtype, bool, FastPath]
 _pipelines: OrderedDict[_Key, Pipeline] = OrderedDict()
 # id(pipeline) -> how many runs use it now (``in_use``): no load evicts those.
 _runs: dict[int, int] = {}
@@ -130,8 +133,11 @@ def load_pipeline(
     dtype: torch.dtype,
     budget_bytes: int = 0,
     cpu_offload: bool = False,
+    fast_path: FastPath = OFF,
 ) -> Pipeline:
-    """The model's pipeline, loaded once per (source, device, dtype, offload) in this process.
+    """The model's pipeline, loaded once per (source, device, dtype, offload, fast path's
+    compile mode and memory format) in this process, and prepared for ``fast_path``
+    (``fast_pipeline.prepare``; GenerationError where this device cannot run it).
 
     Safetensors only: a directory with only pickled weights, or a ``.ckpt`` file, fails
     instead of running code. The pipeline is shared: ``generate`` never changes it, it builds
@@ -149,31 +155,36 @@ def load_pipeline(
     pipeline. CUDA only; elsewhere it means nothing and is ignored, with a log line.
     """
     device = torch.device(device)
-    key = _key(source, device, dtype, cpu_offload)
+    key = _key(source, device, dtype, cpu_offload, fast_path)
     with _pipelines_lock:
         if key in _pipelines:
             _pipelines.move_to_end(key)
             return _pipelines[key]
         if cpu_offload and not key[3]:
             log.info("model CPU offload is for CUDA: %s loads on %s without it", source, device)
+        check_fast_path(fast_path, device, offloaded=key[3])
         if budget_bytes:
             _evict(budget_bytes, incoming=estimated_bytes(source, dtype))
-        _pipelines[key] = _load(source, device, dtype, offload=key[3])
+        pipe = _load(source, device, dtype, offload=key[3])
+        prepare(pipe, fast_path, device=device, offloaded=key[3])
+        _pipelines[key] = pipe
         if budget_bytes:
             _evict(budget_bytes, loaded=key)
         return _pipelines[key]
 
 
 def pipeline_loaded(
-    source: str, *, device: torch.device | str, dtype: torch.dtype, cpu_offload: bool = False
+    source: str, *, device: torch.device | str, dtype: torch.dtype, cpu_offload: bool = False,
+    fast_path: FastPath = OFF,
 ) -> bool:
     """Whether ``load_pipeline`` holds this pipeline already, and so returns it at once."""
     with _pipelines_lock:
-        return _key(source, torch.device(device), dtype, cpu_offload) in _pipelines
+        return _key(source, torch.device(device), dtype, cpu_offload, fast_path) in _pipelines
 
 
-def _key(source: str, device: torch.device, dtype: torch.dtype, cpu_offload: bool) -> _Key:
-    return source, str(device), dtype, cpu_offload and device.type == "cuda"
+def _key(source: str, device: torch.device, dtype: torch.dtype, cpu_offload: bool,
+         fast_path: FastPath) -> _Key:
+    return source, str(device), dtype, cpu_offload and device.type == "cuda", fast_path.loaded
 
 
 @contextmanager

@@ -17,7 +17,7 @@ import io
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -283,3 +283,15 @@ def latent_rgb_for(pipe: Pipeline, model_path: Path | None) -> LatentRGB:
         with contextlib.suppress(OSError):
             stored.write_text(json.dumps(asdict(fitted), indent=1) + "\n")
     return fitted
+
+
+def preview_part(preview: StepPreview, start: int, size: int) -> StepPreview:
+    """The preview of `size` images from `start` of the batch, alone (each job's part of a
+    batch that merged several: generation/sidecar.py)."""
+    if isinstance(preview, DecodedPreview):
+        return replace(preview, rgb=preview.rgb[start:start + size])
+    # The model's input holds the batch twice under classifier-free guidance: the images'
+    # own rows are its last batch_size (LatentPreview.render reads them so).
+    own_input = preview.model_input[-preview.batch_size:]
+    return replace(preview, model_output=preview.model_output[start:start + size],
+                   model_input=own_input[start:start + size])

@@ -14,6 +14,7 @@ from functools import cache
 from importlib import metadata
 from typing import Any
 
+from .fast_path import OFF, FastPath, fast_path_errors, fast_path_from_json
 from .inputs import Hires, ImageRef, MaskRef, inputs_from_json, inputs_json
 
 SEED_MAX = 2**32 - 1
@@ -132,6 +133,9 @@ class Recipe:
     # Whether the VAE decoded in tiles, which changes the pixels: the worker decides
     # (STUDIO_VAE_TILING) unless the recipe says, as a reproduction's does.
     vae_tiling: bool | None = None
+    # The GPU fast path it ran with (fast_path.py): compile mode, channels-last, fused QKV.
+    # The worker decides (STUDIO_COMPILE, ...) unless the recipe says, as a reproduction's does.
+    fast_path: FastPath | None = None
     versions: Versions | None = field(default=None)
 
     @property
@@ -171,6 +175,7 @@ class Recipe:
             "device": self.device,
             "threads": self.threads,
             "vae_tiling": self.vae_tiling,
+            "fast_path": None if self.fast_path is None else self.fast_path.to_json(),
             "versions": None
             if self.versions is None
             else {
@@ -205,6 +210,7 @@ class Recipe:
                 if scheduler is None
                 else SchedulerRef(class_name=scheduler["class"], config=scheduler["config"]),
                 versions=None if versions is None else Versions(**versions),
+                fast_path=fast_path_from_json(data.get("fast_path")),
                 **fields,
                 **parts,
             )
@@ -213,6 +219,17 @@ class Recipe:
         if errors := _shape_errors(recipe):
             raise RecipeError(errors)
         return recipe
+
+
+def run_fast_path(recipe: Recipe, default: FastPath) -> FastPath:
+    """The fast path a recipe runs with: its own; none for a recipe that ran before recipes
+    recorded it (``versions`` but no ``fast_path``); else ``default``, the worker's, unfused
+    with LoRAs (``fast_path_errors`` says why)."""
+    if recipe.fast_path is not None:
+        return recipe.fast_path
+    if recipe.versions is not None:
+        return OFF
+    return replace(default, fused_qkv=default.fused_qkv and not recipe.loras)
 
 
 def _shape_errors(recipe: Recipe) -> dict[str, str]:
@@ -347,6 +364,7 @@ def check_numbers(recipe: Recipe, limits: ModelLimits) -> dict[str, str]:
     if recipe.vae_tiling is not None and not isinstance(recipe.vae_tiling, bool):
         errors["vae_tiling"] = f"must be true, false or null, not {shown(recipe.vae_tiling)}"
     errors.update(_lora_errors(recipe.loras))
+    errors.update(fast_path_errors(recipe.fast_path, recipe.loras))
     return errors
 
 

@@ -14,6 +14,8 @@ from PIL import Image
 from .checkpoints import is_single_file
 from .comparison import Comparison, compare_images
 from .errors import GenerationError, InputMissingError, WeightsMismatchError
+from .fast_path import FastPath
+from .fast_pipeline import check_prepared, fused_attention, prepared_fast_path
 from .image_runs import Inputs, decode, from_image, paste_back, read_inputs, refine
 from .inputs import output_size
 from .lora_weights import apply_loras
@@ -27,7 +29,7 @@ from .models import (
     run_view,
 )
 from .previews import DEFAULT_PREVIEWS, LatentRGB, Previews, latent_rgb_for
-from .recipe import Recipe, Versions
+from .recipe import ModelRef, Recipe, Versions, run_fast_path
 from .samplers import make_scheduler, scheduler_from_ref, scheduler_ref
 from .seeds import generators, initial_noise
 from .specs import model_dir, weights_hash
@@ -37,7 +39,7 @@ from .validation import validate_recipe
 
 # Raised by generate and imported from here by callers; interrupt: by the internals test.
 __all__ = ["GenerationError", "InputMissingError", "Result", "WeightsMismatchError",
-           "generate", "interrupt", "reproduce"]
+           "generate", "interrupt", "reproduce", "warm_up"]
 
 
 @dataclass
@@ -54,6 +56,7 @@ def generate(
     should_cancel: ShouldCancel | None = None, preview: Previews | None = DEFAULT_PREVIEWS,
     lora_files: Mapping[str, Path] | None = None, hashes: Callable[[str], str] = weights_hash,
     vae_tiling: str = "off", inputs: Mapping[str, bytes] | None = None,
+    fast_path: FastPath | None = None,
 ) -> Result:
     """Make the recipe's images.
 
@@ -61,11 +64,13 @@ def generate(
     LoRA's sha256 (Studio's worker passes its database-kept lookup). ``vae_tiling``: off, on
     or auto (``tiling_for``), unless the recipe says. ``inputs``: the sha256 of each input
     the recipe names -> its canonical PNG bytes; InputMissingError names one not given.
+    ``fast_path``: the worker's (default: the pipeline's as loaded), unless the recipe says;
+    GenerationError when the pipeline was not loaded for the one the run needs.
 
     1. Load the pipeline unless given; validate the recipe against it; check the weights',
        LoRAs' and inputs' hashes; apply the LoRAs (``_prepared``).
     2. Resolve what only this run knows: scheduler, device, dtype, threads, versions, VAE
-       tiling. The shared pipeline is marked in use throughout (``models.in_use``).
+       tiling, fast path. The shared pipeline is marked in use throughout (``models.in_use``).
     3. Run the passes (``_run``): text to image, img2img or inpainting, and a hires fix's
        second pass. After each step ``on_step(step, steps_run(recipe), preview, elapsed)``
        runs on the sampling thread (a caller with much to do hands it on: Studio's worker
@@ -77,16 +82,18 @@ def generate(
     lora_files = lora_files or {}
     if pipeline is None:
         device, dtype = resolve_device(recipe.device or "auto")
-        pipeline = load_pipeline(recipe.model.source, device=device, dtype=dtype)
+        pipeline = load_pipeline(recipe.model.source, device=device, dtype=dtype,
+                                 fast_path=recipe.fast_path or FastPath())
     loaded = time.perf_counter()
     with in_use(pipeline):
         recipe, pipe, pictures = _prepared(recipe, pipeline, lora_files, hashes, inputs)
-        recipe = _resolved(_tiled(recipe, pipeline, vae_tiling), pipe)
+        recipe = _resolved(_fast(_tiled(recipe, pipeline, vae_tiling), pipeline, fast_path), pipe)
         stepper = Stepper(recipe, on_step, should_cancel, preview,
                           _latent_rgb(recipe, pipe, preview))
         if should_cancel is not None and should_cancel():
             return _canceled(stepper, loaded - started)
-        with pinned_threads(recipe.threads), decode_in_tiles(pipe, recipe.vae_tiling):
+        with (pinned_threads(recipe.threads), decode_in_tiles(pipe, recipe.vae_tiling),
+              fused_attention(pipe, recipe.fast_path.fused_qkv)):
             latents = _run(pipe, recipe, stepper, pictures)
             if stepper.canceled:
                 return _canceled(stepper, loaded - started)
@@ -154,6 +161,14 @@ def _tiled(recipe: Recipe, shared: Pipeline, mode: str) -> Recipe:
         tiled = tiling_for(shared, mode, batch_size=recipe.batch_size, width=width,
                            height=height)
     return replace(recipe, vae_tiling=tiled)
+
+
+def _fast(recipe: Recipe, shared: Pipeline, default: FastPath | None) -> Recipe:
+    """The recipe with the fast path it runs with (``run_fast_path``), which the shared
+    pipeline must have been loaded for (``check_prepared``)."""
+    fast_path = run_fast_path(recipe, default or prepared_fast_path(shared))
+    check_prepared(shared, fast_path)
+    return replace(recipe, fast_path=fast_path)
 
 
 def _with_checked_hashes(
@@ -231,7 +246,8 @@ def _latent_rgb(recipe: Recipe, pipe: Pipeline, preview: Previews | None) -> Lat
         return None
     if recipe.model.hash not in _latent_rgb_cache:
         source = recipe.model.source
-        folder = None if is_single_file(source) else model_dir(source)
+        # A file, or a pipeline built in memory (no source), keeps its fit in memory only.
+        folder = None if not source or is_single_file(source) else model_dir(source)
         _latent_rgb_cache[recipe.model.hash] = latent_rgb_for(pipe, folder)
     return _latent_rgb_cache[recipe.model.hash]
 
@@ -298,3 +314,26 @@ def reproduce(
     result = generate(recipe, pipeline=pipeline, preview=None, inputs=inputs)
     image = result.images[recipe.batch_index]
     return image, compare_images(original, image)
+
+
+# Warm-up runs: CUDA graphs are recorded at a compiled function's second call with a shape
+# and replayed from its third; the VAE decoder is called once a run.
+WARM_UP_RUNS = 3
+WARM_UP_STEPS = 2
+
+
+def warm_up(pipeline: Pipeline) -> float:
+    """Compile a compiled pipeline now, not in someone's job: run the default recipe at the
+    model's native size (one image, with guidance, as most jobs run) ``WARM_UP_RUNS`` times.
+    A pipeline loaded without compiling needs no warm-up: 0 s. Other shapes (sizes, batch
+    sizes) and samplers whose timesteps are floats compile at their first job. Returns the
+    seconds it took."""
+    if prepared_fast_path(pipeline).compile == "off":
+        return 0.0
+    started = time.perf_counter()
+    spec = pipeline_spec(pipeline)
+    recipe = Recipe(prompt="warm-up", model=ModelRef(name="warm-up", source="", family=spec.family),
+                    width=spec.native_size, height=spec.native_size, steps=WARM_UP_STEPS)
+    for _ in range(WARM_UP_RUNS):
+        generate(recipe, pipeline=pipeline, hashes=lambda _source: "", preview=None)
+    return time.perf_counter() - started

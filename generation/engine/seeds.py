@@ -1,13 +1,21 @@
 """Initial noise exactly as docs/architecture.md §4 fixes it, with AUTOMATIC1111's variation
 seeds."""
 
+from collections.abc import Iterable
+
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 
 def generators(seed: int, count: int) -> list[torch.Generator]:
     """One CPU generator per image, image i seeded with seed + i, as diffusers expects them."""
-    return [torch.Generator("cpu").manual_seed(seed + i) for i in range(count)]
+    return seeded(range(seed, seed + count))
+
+
+def seeded(seeds: Iterable[int]) -> list[torch.Generator]:
+    """One CPU generator per image, each with its own seed: a batch merged from several jobs
+    (``batches.generate_batch``) gives each image its own job's seed + i."""
+    return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
 
 def initial_noise(

@@ -13,6 +13,9 @@ from generation.demo_model.sampling import generate
 from generation.demo_model.tokenizer import build_tokenizer
 from generation.engine import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
+# The demo model's own tests (training, scoring, its shipped weights) run it: `make test`
+# only, as tests/conftest.py keeps the demo model out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 def test_dataset_is_deterministic():
     first, first_triples = dataset.examples(8)

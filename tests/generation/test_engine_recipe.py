@@ -38,6 +38,7 @@ RECIPE_KEYS = {
     "device",
     "threads",
     "vae_tiling",
+    "fast_path",
     "versions",
 }
 
@@ -58,6 +59,7 @@ def test_a_generated_recipe_has_exactly_the_design_keys(make_recipe, tiny_pipeli
     assert set(data["versions"]) == {"studio", "torch", "diffusers"}
     assert (data["dtype"], data["device"], data["threads"]) == ("float32", "cpu", 1)
     assert data["vae_tiling"] is False
+    assert data["fast_path"] == {"compile": "off", "channels_last": False, "fused_qkv": False}
 
 
 def test_it_round_trips_through_json(make_recipe, tiny_pipeline):

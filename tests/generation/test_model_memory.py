@@ -233,12 +233,14 @@ def test_a_memory_size_that_is_not_one_is_refused(monkeypatch, value):
 
 
 def test_the_worker_reads_the_memory_settings(settings):
-    assert registry.model_memory() == {"budget_bytes": 0, "cpu_offload": False}
+    assert registry.model_memory() == {"budget_bytes": 0, "cpu_offload": False,
+                                       "fast_path": engine.FastPath()}
     assert registry.vae_tiling() == "off"
     settings.STUDIO_WORKER_MODEL_MEMORY = 12 * 10**9
     settings.STUDIO_CPU_OFFLOAD = "model"
     settings.STUDIO_VAE_TILING = "auto"
-    assert registry.model_memory() == {"budget_bytes": 12 * 10**9, "cpu_offload": True}
+    assert registry.model_memory() == {"budget_bytes": 12 * 10**9, "cpu_offload": True,
+                                       "fast_path": engine.FastPath()}
     assert registry.vae_tiling() == "auto"
 
 
