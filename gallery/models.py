@@ -33,10 +33,6 @@ class SharedQuerySet(models.QuerySet):
         """What the public gallery shows, to anyone, signed in or not."""
         return self.filter(self._shared(Visibility.PUBLIC))
 
-    def shared_with(self, team) -> "SharedQuerySet":
-        """What is shared with `team`, as its members see it: its gallery."""
-        return self.filter(self._shared(Visibility.TEAM, team=team))
-
     def visible_to(self, user) -> "SharedQuerySet":
         if getattr(user, "is_staff", False):
             return self

@@ -20,6 +20,7 @@ reproduction is refused, saying so, when one is gone.
 import logging
 from dataclasses import replace
 
+from django.conf import settings
 from django.db import transaction
 from PIL import Image as PILImage
 
@@ -76,12 +77,27 @@ def studio_recipe(recipe_json: dict) -> dict:
     if blocked:
         raise ReproduceRefused(f"The prompt contains “{blocked}”, which this server does not "
                                "allow.")
+    _check_fast_path(recipe)
     try:
         # With its own batch_index, which must name an image of its batch: the job reveals it.
         engine.validate_recipe(recipe)
     except engine.RecipeError as exc:
         raise ReproduceRefused(f"The recipe cannot run here: {exc}") from exc
     return replace(recipe, batch_index=0).to_json()
+
+
+def _check_fast_path(recipe: engine.Recipe) -> None:
+    """A recipe that ran with another compile mode or memory format than this server's
+    workers use would have a worker load and prepare another copy of the model (a compile
+    takes minutes): anyone may upload such a file, so only the server's own run here."""
+    ran = recipe.fast_path
+    ours = engine.FastPath(compile=settings.STUDIO_COMPILE,
+                           channels_last=settings.STUDIO_CHANNELS_LAST).loaded
+    if ran is not None and ran.loaded not in (engine.FastPath(), ours):
+        raise ReproduceRefused(
+            f"The image was made with compile mode “{ran.compile}” and channels-last "
+            f"{'on' if ran.channels_last else 'off'}, which this server's workers do not "
+            "run; it cannot be reproduced here.")
 
 
 def a1111_recipe(fields: dict) -> dict:

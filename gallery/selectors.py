@@ -14,7 +14,7 @@ from django.db.models.lookups import GreaterThan, LessThan
 
 from generation.engine import SEED_MAX
 
-from .models import Image
+from .models import Image, Visibility
 from .services import visible_images
 
 # Each listing's order, all descending, ending in the primary key so that it is total: a
@@ -68,7 +68,9 @@ def gallery_search(*, user, scope: str = "public", team=None, query: str = "",
     if scope == "mine":
         images = images.filter(owner=user)
     elif scope == "team":
-        images = images.shared_with(team)
+        # What visible_images lets this user see of it: members see what is not hidden,
+        # the owner and staff their hidden images too, as in every listing.
+        images = images.filter(visibility=Visibility.TEAM, team=team)
     else:
         images = images.public()
     if query.strip():
@@ -169,6 +171,10 @@ CURSOR_MAX = 200  # characters; a real one has about 100
 CURSOR_TYPES = {"created": datetime.fromisoformat, "pk": uuid.UUID, "like_count": int}
 
 
+def _not_a_number(name: str):
+    raise ValueError(f"{name} is not a cursor value")
+
+
 def decode_cursor(cursor: str, sort: str = "new") -> tuple | None:
     """The sort values a cursor of the listing sorted by `sort` holds, each of its key's
     type; None for anything else (a cursor arrives in a query string, from anyone)."""
@@ -176,11 +182,14 @@ def decode_cursor(cursor: str, sort: str = "new") -> tuple | None:
     if not cursor or len(cursor) > CURSOR_MAX:
         return None
     try:
-        values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)),
+                            parse_constant=_not_a_number)
         if not isinstance(values, list) or len(values) != len(keys):
             return None
+        if any(type(v) is not int for k, v in zip(keys, values, strict=True) if k == "like_count"):
+            return None
         typed = tuple(CURSOR_TYPES[key](value) for key, value in zip(keys, values, strict=True))
-    except (ValueError, TypeError, AttributeError, binascii.Error):
+    except (ValueError, TypeError, AttributeError, OverflowError, binascii.Error):
         return None
     aware = all(v.tzinfo is not None for v in typed if isinstance(v, datetime))
     in_range = all(0 <= v < 2**31 for v in typed if isinstance(v, int))

@@ -380,6 +380,9 @@ if not 1 <= STUDIO_BATCH_MAX <= 8:
 # Model affinity: a worker takes a later user's job for a model it holds loaded before the
 # head of the fair order, passing a user's turn at most this many claims (0: off).
 STUDIO_AFFINITY_MAX_DEFER = envint("STUDIO_AFFINITY_MAX_DEFER", 0)
+if not 0 <= STUDIO_AFFINITY_MAX_DEFER <= 1000:  # Job.deferred counts to it
+    raise ImproperlyConfigured(
+        f"STUDIO_AFFINITY_MAX_DEFER must be from 0 to 1000, not {STUDIO_AFFINITY_MAX_DEFER}")
 STUDIO_REAP_INTERVAL = envint("STUDIO_REAP_INTERVAL", 15)
 # The broker queue GPU workers consume. Test runs use one of their own, so two runs on one
 # machine never take each other's messages.

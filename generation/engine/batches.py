@@ -55,14 +55,12 @@ def generate_batch(
     recipes: Sequence[Recipe], *, pipeline: Pipeline, on_step: OnStep | None = None,
     should_cancel: ShouldCancel | None = None, preview: Previews | None = DEFAULT_PREVIEWS,
     lora_files: Mapping[str, Path] | None = None, hashes: Callable[[str], str] = weights_hash,
-    vae_tiling: str = "off", fast_path: FastPath | None = None,
-) -> Result:
+    vae_tiling: str = "off", fast_path: FastPath | None = None) -> Result:
     """Make the images of every recipe (each a job's whole batch, all with one
     ``batch_key``) in one batch, recipe after recipe, as ``generate`` would make each.
 
     1. Validate each recipe and check its hashes; apply the LoRAs they share.
-    2. Resolve the run as ``generate`` does (``fast_path`` as there), for a batch of all
-       their images.
+    2. Resolve the run as ``generate`` does (``fast_path`` too), for all their images.
     3. Denoise from each image's own seed (its recipe's seed + i) and its own recipe's
        prompt embeddings; ``on_step`` gets the whole batch's preview.
     4. Decode. ``Result.recipes`` holds each image's ``merged_recipe``.
@@ -96,8 +94,8 @@ def generate_batch(
                 raise GenerationError(f"{whole.sampler} produced non-finite latents")
             decode_started = time.perf_counter()
             images = decode(pipe, latents)
-    timings = {**stepper.timings(0.0), "decode": time.perf_counter() - decode_started,
-               "total": time.perf_counter() - started}
+    timings = {**stepper.timings(0.0), "total": time.perf_counter() - started,
+               "decode": time.perf_counter() - decode_started}
     merged = [merged_recipe(recipe, whole, offset=offset, index=i)
               for recipe, offset in zip(checked, offsets, strict=False)
               for i in range(recipe.batch_size)]
@@ -115,7 +113,8 @@ def merged_recipe(recipe: Recipe, whole: Recipe, *, offset: int, index: int) -> 
     return replace(
         recipe, scheduler=whole.scheduler, dtype=whole.dtype, device=whole.device,
         threads=whole.threads, versions=whole.versions, vae_tiling=whole.vae_tiling,
-        seed=recipe.seed - offset, batch_size=whole.batch_size, batch_index=offset + index,
+        fast_path=whole.fast_path, seed=recipe.seed - offset, batch_size=whole.batch_size,
+        batch_index=offset + index,
     )
 
 

@@ -56,8 +56,7 @@ def generate(
     should_cancel: ShouldCancel | None = None, preview: Previews | None = DEFAULT_PREVIEWS,
     lora_files: Mapping[str, Path] | None = None, hashes: Callable[[str], str] = weights_hash,
     vae_tiling: str = "off", inputs: Mapping[str, bytes] | None = None,
-    fast_path: FastPath | None = None,
-) -> Result:
+    fast_path: FastPath | None = None) -> Result:
     """Make the recipe's images.
 
     ``lora_files``: each LoRA the recipe names -> its file. ``hashes(source)``: a model's or
@@ -71,10 +70,9 @@ def generate(
        LoRAs' and inputs' hashes; apply the LoRAs (``_prepared``).
     2. Resolve what only this run knows: scheduler, device, dtype, threads, versions, VAE
        tiling, fast path. The shared pipeline is marked in use throughout (``models.in_use``).
-    3. Run the passes (``_run``): text to image, img2img or inpainting, and a hires fix's
-       second pass. After each step ``on_step(step, steps_run(recipe), preview, elapsed)``
-       runs on the sampling thread (a caller with much to do hands it on: Studio's worker
-       to its sidecar process) and ``should_cancel()`` is checked.
+    3. Run the passes (``_run``): text to image, img2img or inpainting, a hires fix's second
+       pass; after each step ``on_step(step, steps_run(recipe), preview, elapsed)`` runs on
+       the sampling thread (Studio's worker hands it to its sidecar) and ``should_cancel()``.
     4. Unless canceled, decode, pasting the init image back outside the mask where the
        recipe says: one image and one recipe per batch index.
     """
@@ -99,11 +97,10 @@ def generate(
                 return _canceled(stepper, loaded - started)
             decode_started = time.perf_counter()
             images = paste_back(pipe, decode(pipe, latents), recipe, pictures)
-    timings = {**stepper.timings(loaded - started),
-               "decode": time.perf_counter() - decode_started,
-               "total": time.perf_counter() - started}
-    return Result(images=images, timings=timings,
-                  recipes=[recipe.with_batch_index(i) for i in range(recipe.batch_size)])
+    timings = {**stepper.timings(loaded - started), "total": time.perf_counter() - started,
+               "decode": time.perf_counter() - decode_started}
+    return Result(images, [recipe.with_batch_index(i) for i in range(recipe.batch_size)],
+                  timings)
 
 
 def _prepared(

@@ -2,6 +2,7 @@
 link in the API, each page one index range whatever its depth, with no COUNT on the pages
 (docs/gallery.md, "Listings")."""
 
+import base64
 from datetime import timedelta
 
 import pytest
@@ -76,6 +77,23 @@ def test_a_cursor_that_is_not_one_shows_the_first_page(five, small_pages, client
                    "WyIyMDI2LTAxLTAxIiwgIngiXQ"):  # a naive date and a pk that is none
         page = client.get(reverse("gallery_public"), {"after": cursor}).context["page"]
         assert [i.pk for i in page] == [i.pk for i in five[:2]]
+
+
+def hostile_cursor(like_count: str, created: str, pk: str) -> str:
+    text = f'[{like_count}, "{created}", "{pk}"]'
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("like_count", ["Infinity", "-Infinity", "NaN", "true", "1.5", '"3"',
+                                        "1e400", str(2**40)])
+def test_a_most_liked_cursor_that_is_no_count_is_no_cursor(five, small_pages, client, alice,
+                                                            like_count):
+    cursor = hostile_cursor(like_count, "2026-01-01T00:00:00+00:00", str(five[0].pk))
+    page = client.get(reverse("gallery_public"), {"sort": "liked", "after": cursor})
+    assert page.status_code == 200
+    assert [i.pk for i in page.context["page"]] == [i.pk for i in five[:2]]
+    answer = api(alice).get(API, {"sort": "liked", "cursor": cursor})
+    assert answer.status_code == 400 and "cursor" in answer.json()["errors"]
 
 
 def test_a_cursor_keeps_the_search_and_sort(five, small_pages, client):

@@ -89,6 +89,19 @@ def test_it_refuses_a_blocked_prompt(tiny_image, as_viewer):
     assert "which this server does not allow" in page and not Reproduction.objects.exists()
 
 
+def test_it_refuses_a_compile_mode_this_servers_workers_do_not_run(tiny_image, as_viewer,
+                                                                   settings):
+    # Anyone can write one into a file to import: a worker would compile another copy.
+    tiny_image.output.recipe["fast_path"] = {"compile": "max-autotune", "channels_last": False,
+                                             "fused_qkv": False}
+    tiny_image.output.save()
+    page = reproduce(as_viewer("alice"), tiny_image).content.decode()
+    assert "cannot be reproduced here" in page and not Reproduction.objects.exists()
+    settings.STUDIO_COMPILE = "max-autotune"  # the server's own mode runs
+    reproduce(as_viewer("alice"), tiny_image)
+    assert Reproduction.objects.exists()
+
+
 def test_it_never_runs_the_model_source_a_recipe_names(tiny_image, tiny_model, as_viewer):
     tiny_image.output.recipe["model"]["source"] = "/etc"
     tiny_image.output.save()

@@ -86,6 +86,15 @@ def test_a_reproduction_with_the_fast_path_is_identical(make_recipe, fast_pipeli
     assert comparison.verdict == engine.IDENTICAL
 
 
+def test_a_merged_batch_records_its_fast_path_and_reproduces(make_recipe, fast_pipeline_of):
+    pipe = fast_pipeline_of(FAST)
+    jobs = [make_recipe(prompt="red circle", seed=40), make_recipe(prompt="blue", seed=7)]
+    merged = engine.generate_batch(jobs, pipeline=pipe, preview=None)
+    assert {recipe.fast_path for recipe in merged.recipes} == {FAST}
+    image, comparison = engine.reproduce(merged.recipes[1], merged.images[1], pipeline=pipe)
+    assert comparison.verdict == engine.IDENTICAL
+
+
 def test_the_fast_path_changes_no_more_than_the_last_bits(make_recipe, tiny_pipeline,
                                                           fast_pipeline_of):
     # Measured on the CPU in float32: channels-last and fused projections each move the
