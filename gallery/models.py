@@ -92,8 +92,9 @@ class Image(models.Model):
             models.Index(fields=["visibility", "hidden", "like_count", "created", "output"],
                          name="image_liked"),
             models.Index(fields=["owner", "created", "output"], name="image_owner_new"),
-            models.Index(fields=["team", "visibility", "hidden", "created", "output"],
-                         name="image_team_new"),
+            # Not by `hidden`: a team's owner and staff see its hidden images there too.
+            models.Index(fields=["team", "visibility", "created", "output"],
+                         name="image_team_listing"),
             models.Index(fields=["seed"], name="image_seed"),
         ]
 
