@@ -62,7 +62,7 @@ def collection_detail(request, collection_id):
         "collection": collection,
         "images": selectors.listing_window(
             collections.collection_images(collection=collection, user=request.user),
-            size=selectors.PAGE_SIZE, after=request.GET.get("after", ""),
+            sort="collection", size=selectors.PAGE_SIZE, after=request.GET.get("after", ""),
             before=request.GET.get("before", "")),
         "is_owner": is_owner,
         "teams": teams_for_user(request.user) if is_owner else [],

@@ -6,12 +6,12 @@ see anyway, so a public collection of private or hidden images shows none of the
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 
 from studio.services import as_uuid
 
 from .limits import check_cap, clean_text
-from .models import Collection, Image, Visibility
+from .models import Collection, CollectionItem, Image, Visibility
 from .selectors import listed
 from .services import GalleryError, resolve_visibility, visible_images
 
@@ -34,9 +34,11 @@ def get_collection_for_user(*, user, collection_id) -> Collection | None:
 
 
 def collection_images(*, collection: Collection, user) -> QuerySet[Image]:
-    """The collection's images that `user` may see, for a listing (selectors.listing_window
-    orders and pages them)."""
-    return listed(visible_images(user).filter(collections=collection))
+    """The collection's images that `user` may see, for a listing sorted "collection"
+    (selectors.listing_window orders and pages them by the date kept beside each image in
+    the collection, which its index holds in that order)."""
+    return listed(visible_images(user).filter(collection_items__collection=collection)
+                  .annotate(in_collection=F("collection_items__created")))
 
 
 def collections_owned(user) -> QuerySet[Collection]:
@@ -78,7 +80,7 @@ def collection_set_visibility(*, collection: Collection, actor, visibility: str,
 def collection_add_image(*, collection: Collection, actor, image: Image) -> None:
     """Add an image the actor can see (the caller got it through get_image_for_user)."""
     _require_owner(collection, actor)
-    collection.images.add(image)
+    CollectionItem.collect(collection, [image])
 
 
 def collection_remove_image(*, collection: Collection, actor, image_id) -> None:

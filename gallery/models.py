@@ -141,7 +141,8 @@ class Collection(models.Model):
     team = models.ForeignKey(
         "studio.Team", null=True, blank=True, on_delete=models.SET_NULL, related_name="collections"
     )
-    images = models.ManyToManyField(Image, related_name="collections", blank=True)
+    images = models.ManyToManyField(Image, related_name="collections", blank=True,
+                                    through="CollectionItem")
     created = models.DateTimeField(default=timezone.now)
 
     objects = SharedQuerySet.as_manager()
@@ -154,6 +155,34 @@ class Collection(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("collection_detail", args=[self.pk])
+
+
+class CollectionItem(models.Model):
+    """An image in a collection, with the image's own date beside it: a collection lists its
+    images newest first, and with the date here one index range in that order is a page
+    (gallery.selectors.listing_window), however large the collection."""
+
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE,
+                                   related_name="items")
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="collection_items")
+    created = models.DateTimeField()  # the image's; it never changes
+
+    class Meta:
+        db_table = "gallery_collection_images"  # the many-to-many table it was made from
+        unique_together = [("collection", "image")]
+        indexes = [models.Index(fields=["collection", "created", "image"],
+                                name="collection_item_new")]
+
+    def __str__(self) -> str:
+        return f"{self.image_id} in {self.collection_id}"
+
+    @classmethod
+    def collect(cls, collection: Collection, images) -> None:
+        """Put the images in the collection, each once, with its date."""
+        cls.objects.bulk_create(
+            [cls(collection=collection, image=image, created=image.created) for image in images],
+            ignore_conflicts=True,
+        )
 
 
 class Report(models.Model):

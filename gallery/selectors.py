@@ -20,7 +20,11 @@ from .services import visible_images
 # Each listing's order, all descending, ending in the primary key so that it is total: a
 # page boundary is then one row, and the next page starts right after it (keyset paging).
 # Image.Meta.indexes holds an index per listing in this order.
-SORTS = {"new": ("created", "pk"), "liked": ("like_count", "created", "pk")}
+SORTS = {"new": ("created", "pk"), "liked": ("like_count", "created", "pk"),
+         # A collection's images, newest first, by the date its index keeps beside each
+         # (collections.collection_images annotates it): not a sort a listing offers.
+         "collection": ("in_collection", "pk")}
+LISTING_SORTS = ("new", "liked")  # what the gallery's listings take from a query string
 PAGE_SIZE = 24  # a listing's page on the site
 # The API counts a listing up to here: beyond it, counting costs a row read per image.
 COUNT_MAX = 1000
@@ -168,7 +172,8 @@ def cursor_of(image: Image, sort: str = "new") -> str:
 
 
 CURSOR_MAX = 200  # characters; a real one has about 100
-CURSOR_TYPES = {"created": datetime.fromisoformat, "pk": uuid.UUID, "like_count": int}
+CURSOR_TYPES = {"created": datetime.fromisoformat, "in_collection": datetime.fromisoformat,
+                "pk": uuid.UUID, "like_count": int}
 
 
 def _not_a_number(name: str):

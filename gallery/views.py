@@ -175,14 +175,16 @@ def _listing(request, *, scope: str, title: str, team=None):
     search = {"query": params.get("q", ""), "model": params.get("model", ""),
               "sampler": params.get("sampler", ""), "seed": params.get("seed", "")}
     errors = selectors.search_errors(**search)
+    sort = params.get("sort", "new")
+    sort = sort if sort in selectors.LISTING_SORTS else "new"
     images = Image.objects.none() if errors else selectors.gallery_search(
-        user=request.user, scope=scope, team=team, sort=params.get("sort", "new"), **search
+        user=request.user, scope=scope, team=team, sort=sort, **search
     )
     page = selectors.listing_window(
-        images, sort=params.get("sort", "new"), size=selectors.PAGE_SIZE,
+        images, sort=sort, size=selectors.PAGE_SIZE,
         after=params.get("after", ""), before=params.get("before", ""))
     query = params.copy()
-    for cursor in ("after", "before", "page"):  # `page`: the page numbers links had before
+    for cursor in ("after", "before", "page"):  # `page`: no longer a cursor
         query.pop(cursor, None)
     context = {"page": page, "title": title, "scope": scope, "team": team,
                "search_errors": errors,

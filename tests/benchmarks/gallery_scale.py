@@ -199,6 +199,8 @@ def fill(images: int, seed: int = 1) -> dict:
 def collections_and_analyze(users, teams, rng, connection, Collection, Image) -> dict:
     """Three collections of the signed-in user's (50, 500 and 2,000 images from what she may
     see), then VACUUM ANALYZE, as autovacuum would have run on a gallery this old."""
+    from gallery.models import CollectionItem
+
     viewer = users[0]
     visible = list(Image.objects.visible_to(viewer).values_list("pk", flat=True)[:20000])
     made = {}
@@ -206,7 +208,8 @@ def collections_and_analyze(users, teams, rng, connection, Collection, Image) ->
         collection = Collection.objects.create(
             owner=viewer, name=f"{size} favourites", visibility=visibility,
             team=teams[0] if visibility == "team" else None)
-        collection.images.add(*rng.sample(visible, min(size, len(visible))))
+        chosen = rng.sample(visible, min(size, len(visible)))
+        CollectionItem.collect(collection, Image.objects.filter(pk__in=chosen))
         made[size] = str(collection.pk)
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE")

@@ -12,9 +12,9 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from gallery import selectors
+from gallery import collections, selectors
 from gallery.collections import collection_create
-from gallery.models import Image, Visibility
+from gallery.models import CollectionItem, Image, Visibility
 from studio.services import token_create
 
 pytestmark = pytest.mark.django_db
@@ -115,7 +115,7 @@ def test_the_collection_page_pages_what_the_viewer_may_see(five, small_pages, ma
                                                            alice, carol):
     collection = collection_create(owner=alice, name="circles", visibility="public")
     private = make_image(alice, prompt="hers alone")
-    collection.images.add(*five, private)
+    CollectionItem.collect(collection, [*five, private])
     as_carol = Client()
     as_carol.force_login(carol)
     url = collection.get_absolute_url()
@@ -127,6 +127,16 @@ def test_the_collection_page_pages_what_the_viewer_may_see(five, small_pages, ma
             break
         response = as_carol.get(url, {"after": response.context["images"].older})
     assert seen == [i.pk for i in five]
+    # Added through the page as through collect: each image keeps its own date.
+    collections.collection_add_image(collection=collection, actor=alice, image=private)
+    item = CollectionItem.objects.get(collection=collection, image=private)
+    assert item.created == private.created
+
+
+def test_the_collection_order_is_no_sort_a_listing_takes(five, small_pages, client):
+    page = client.get(reverse("gallery_public"), {"sort": "collection"})
+    assert page.status_code == 200
+    assert [i.pk for i in page.context["page"]] == [i.pk for i in five[:2]]
 
 
 def api(user) -> Client:

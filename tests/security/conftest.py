@@ -27,7 +27,15 @@ from django.utils import timezone
 from PIL import Image as PILImage
 
 from gallery import collections, moderation
-from gallery.models import Collection, Image, ModerationEvent, PngImport, Report, Reproduction
+from gallery.models import (
+    Collection,
+    CollectionItem,
+    Image,
+    ModerationEvent,
+    PngImport,
+    Report,
+    Reproduction,
+)
 from gallery.services import prompt_vector
 from generation import engine, inputs
 from generation.models import InputImage, Job, Output
@@ -172,7 +180,7 @@ def _things(world: World) -> None:
             owner=alice, name=f"{visibility} shelf", visibility=visibility,
             team_id=world.team.pk if visibility == "team" else None,
         )
-        collection.images.add(*world.images.values())
+        CollectionItem.collect(collection, world.images.values())
         world.collections[visibility] = collection
     imported = PngImport(owner=alice, format="PNG", width=8, height=8, recipe=None,
                          parameters=A1111_TEXT, fields=engine.parse_parameters(A1111_TEXT))
