@@ -230,7 +230,10 @@ def test_server_errors_show_next_to_the_image_fields(studio_server, page, alice,
     other.save(buffer, format="PNG")
     page.set_input_files("#id_mask", files=[{"name": "mask.png", "mimeType": "image/png",
                                              "buffer": buffer.getvalue()}])
-    assert "exactly the picture's size" in page.inner_text('[data-error-for="mask"]')
+    # The page reads the file asynchronously: wait for its answer.
+    page.wait_for_function(
+        "document.querySelector('[data-error-for=\"mask\"]').innerText"
+        ".includes(\"exactly the picture's size\")")
     assert not Job.objects.exists()
 
 
