@@ -29,6 +29,7 @@ _PREPARED = "_studio_fast_path"
 # ``set_attn_processor`` pops the processors from the dict it is given, so the copy that
 # method keeps works once.
 _OWN_PROCESSORS = "_studio_own_processors"
+_FUSED = "_studio_fused"
 
 
 def check_fast_path(fast_path: FastPath, device: torch.device, *, offloaded: bool) -> None:
@@ -90,12 +91,13 @@ def set_fused(pipe: DiffusionPipeline, fused: bool) -> None:
         else:
             setattr(model, _OWN_PROCESSORS, dict(model.attn_processors))
             model.fuse_qkv_projections()
+        setattr(model, _FUSED, fused)
 
 
 def _is_fused(model: torch.nn.Module) -> bool:
-    processors = model.attn_processors.values()
-    return bool(processors) and all(isinstance(processor, FusedAttnProcessor2_0)
-                                    for processor in processors)
+    # Kept by set_fused, the only thing that fuses Studio's models: reading the processors
+    # instead walks every module, several times a run.
+    return getattr(model, _FUSED, False)
 
 
 @contextmanager
