@@ -1,6 +1,6 @@
 """Studio's settings, read from environment variables with working local defaults.
 
-Every variable is listed in the README's configuration table. Local development needs none of
+Every variable is listed in docs/configuration.md. Local development needs none of
 them; production sets at least DEBUG=0, SECRET_KEY and ALLOWED_HOSTS.
 https://docs.djangoproject.com/en/5.2/ref/settings/
 """
@@ -12,6 +12,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from studio.media_storage import CHOICES, media_storage
 from studio.secret_key import install_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -226,8 +227,13 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 WHITENOISE_USE_FINDERS = True
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", BASE_DIR / "media"))
+# Images, inputs and imports: on this disk under MEDIA_ROOT (`local`), or in an S3-compatible
+# bucket (`s3`), configured with django-storages' AWS_* names, so workers on other hosts need no
+# shared disk (studio/media_storage.py). Served only through the views that check who may see
+# them, never from MEDIA_URL.
+STUDIO_MEDIA_STORAGE = envchoice("STUDIO_MEDIA_STORAGE", "local", CHOICES)
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": media_storage(STUDIO_MEDIA_STORAGE, os.environ),
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
@@ -363,6 +369,11 @@ STUDIO_MAX_REPORTS_PER_DAY = envint("STUDIO_MAX_REPORTS_PER_DAY", 20)
 # as many (studio/login_throttle.py, ADDRESS_ALLOWANCE).
 STUDIO_LOGIN_MAX_FAILURES = envint("STUDIO_LOGIN_MAX_FAILURES", 5)
 STUDIO_LOGIN_LOCKOUT_SECONDS = envint("STUDIO_LOGIN_LOCKOUT_SECONDS", 900)
+# /metrics answers staff, a scraper sending `Authorization: Bearer <STUDIO_METRICS_TOKEN>`
+# (empty: no token is accepted), and clients whose address is in STUDIO_METRICS_ALLOW, a
+# comma-separated list of IPs and CIDR networks (generation/metrics_view.py); anyone else a 404.
+STUDIO_METRICS_TOKEN = os.environ.get("STUDIO_METRICS_TOKEN", "")
+STUDIO_METRICS_ALLOW = envlist("STUDIO_METRICS_ALLOW", "")
 
 # --- Jobs (docs/architecture.md §3) ---------------------------------------------------------------
 STUDIO_MAX_QUEUED_PER_USER = envint("STUDIO_MAX_QUEUED_PER_USER", 20)

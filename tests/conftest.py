@@ -1,5 +1,6 @@
-"""Shared fixtures: the people (docs/architecture.md §8), a live ASGI server and a real Celery
-worker; and the `slow` mark on the tests that start one, which `make test-fast` leaves out.
+"""Shared fixtures: the people (docs/architecture.md §8), a live ASGI server, a real Celery
+worker and a real S3-compatible store (tests/s3_server.py); and the `slow` mark on the tests
+that start one, which `make test-fast` leaves out.
 
 alice owns things, bob is alice's teammate, carol has no access, admin is staff.
 """
@@ -10,11 +11,14 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import uvicorn
 from django.conf import settings
+
+from tests.s3_server import S3Server, storage_setting
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct-horse-battery-staple"
@@ -26,9 +30,9 @@ PASSWORD = "correct-horse-battery-staple"
 # and so does a test that uses these names itself.
 SLOW_FIXTURES = frozenset({
     "studio_server", "socket_server", "server", "celery_worker", "module_worker", "worker",
-    "browser", "demo_pipeline", "family_models",
+    "browser", "demo_pipeline", "family_models", "s3_server",
 })
-SLOW_NAMES = frozenset({"LiveServer", "ServerProcess", "Worker", "subprocess"})
+SLOW_NAMES = frozenset({"LiveServer", "ServerProcess", "Worker", "subprocess", "S3Server"})
 
 
 def pytest_collection_modifyitems(items):
@@ -228,13 +232,18 @@ class Worker:
     """A real `celery worker` process on the real Redis, pointed at the test database."""
 
     def __init__(self, celery: tuple[str, ...] = (sys.executable, "-m", "celery"),
-                 env: dict | None = None):
+                 env: dict | None = None, cwd: Path = ROOT, label: str = ""):
         self.celery = celery  # the command that runs Celery's own command line
         self.env = env or {}  # settings of its own, as environment variables
+        # Its working directory: another than the project's plays a worker on another host
+        # (Studio is installed, so it imports from anywhere).
+        self.cwd = cwd
         self.queues = f"{settings.STUDIO_QUEUE},maintenance,celery"
         self.proc: subprocess.Popen | None = None
-        self.log = ROOT / ".run" / f"test-worker-{os.getpid()}.log"
-        self.name = f"test-{os.getpid()}@{socket.gethostname()}"  # Celery's node name for it
+        # A label tells apart the workers one test runs side by side.
+        own = f"{os.getpid()}-{label}" if label else str(os.getpid())
+        self.log = ROOT / ".run" / f"test-worker-{own}.log"
+        self.name = f"test-{own}@{socket.gethostname()}"  # Celery's node name for it
 
     def start(self):
         self.log.parent.mkdir(exist_ok=True)
@@ -250,7 +259,7 @@ class Worker:
         with self.log.open("wb") as out:
             # A session of its own, so a test can kill -9 the whole worker (parent and child).
             self.proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                cmd, cwd=self.cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         self.wait_ready()
@@ -310,3 +319,45 @@ def celery_queue():
     broker.clear()
     yield broker
     broker.clear()
+
+
+# --- Media in an S3-compatible store (tests/s3_server.py) ---------------------------------
+
+S3_BUCKET = "studio-test"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on loopback, holding the bucket Studio is pointed at. The test makes
+    the bucket, as an operator would: Studio never creates one."""
+    server = S3Server()
+    server.start()
+    server.create_bucket(S3_BUCKET)
+    yield server
+    server.stop()
+
+
+@dataclass
+class S3Media:
+    server: S3Server
+    bucket: str
+    env: dict  # what points a worker or server process at the store
+    media_root: Path  # this process's MEDIA_ROOT, which must stay empty
+
+    def objects(self, prefix: str = "") -> list[str]:
+        """The keys in the bucket under `prefix`, sorted."""
+        return self.server.keys(self.bucket, prefix)
+
+    def read(self, key: str) -> bytes:
+        return self.server.read(self.bucket, key)
+
+
+@pytest.fixture
+def s3_media(settings, s3_server, tmp_path) -> S3Media:
+    """This process (and a live server in it) keeps media in the S3 store for the test; its
+    MEDIA_ROOT is an empty folder of its own. Workers get `env`."""
+    env = s3_server.env(S3_BUCKET)
+    settings.STORAGES = {**settings.STORAGES, "default": storage_setting(env)}
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.MEDIA_ROOT.mkdir()
+    return S3Media(s3_server, S3_BUCKET, env, settings.MEDIA_ROOT)

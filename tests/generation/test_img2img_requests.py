@@ -6,8 +6,6 @@ import base64
 import hashlib
 import io
 import random
-import struct
-import zlib
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -18,6 +16,7 @@ from generation import recipes
 from generation.job_request import DEFAULT_STRENGTH, ImageData, Refused, parse
 from generation.models import InputImage, Job
 from studio.services import token_create
+from tests.png_files import bomb
 
 pytestmark = pytest.mark.django_db
 
@@ -35,17 +34,6 @@ def png(width=40, height=48, mode="RGB", color=(200, 30, 30), noise=False) -> by
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def bomb() -> bytes:
-    """A PNG whose header claims 100,000² pixels, in under a hundred bytes."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body)))
-
-    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
 
 
 @pytest.fixture

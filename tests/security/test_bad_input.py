@@ -13,13 +13,12 @@ request, not one field.
 import base64
 import functools
 import json
-import struct
-import zlib
 
 import pytest
 from django.conf import settings
 
 from generation import waiting
+from tests.png_files import bomb
 
 from .conftest import counts, error_text, png_bytes
 
@@ -32,17 +31,6 @@ NESTED = b"[" * 50_000 + b"]" * 50_000  # deeper than Python's JSON reader can r
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def bomb() -> bytes:
-    """A PNG whose header claims 100,000² pixels, in under a hundred bytes."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body)))
-
-    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
 
 
 def oversized(field: str) -> bytes:

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,8 +60,3 @@ def test_production_refuses_to_start_without_a_secret_key():
         [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert result.returncode != 0 and "Set SECRET_KEY" in result.stderr
-
-
-@pytest.mark.django_db
-def test_healthz_reports_database_and_redis(client):
-    assert client.get("/healthz").json() == {"database": "ok", "redis": "ok"}
