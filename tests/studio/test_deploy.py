@@ -60,3 +60,31 @@ def test_production_refuses_to_start_without_a_secret_key():
         [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert result.returncode != 0 and "Set SECRET_KEY" in result.stderr
+
+
+def test_the_worker_only_compose_file_runs_one_pinned_named_worker_per_gpu():
+    compose = yaml.safe_load((ROOT / "docker/compose.worker.yaml").read_text())
+    dockerfile = (ROOT / "docker/Dockerfile").read_text()
+    services = compose["services"]
+    assert set(services) == {"gpu0", "gpu1"}  # nothing but workers: no database, no web
+    for number in range(2):
+        service = services[f"gpu{number}"]
+        assert service["build"]["target"] in re.findall(r"^FROM \S+ AS (\w+)", dockerfile, re.M)
+        assert f"--hostname=gpu{number}@%h" in service["command"]
+        assert "--concurrency=1" in service["command"]
+        devices = service["deploy"]["resources"]["reservations"]["devices"]
+        assert devices == [{"driver": "nvidia", "device_ids": [str(number)],
+                            "capabilities": ["gpu"]}]
+        assert f"-d gpu{number}@$$HOSTNAME" in service["healthcheck"]["test"][1]
+        # Images go to the shared store, never to a volume of this host.
+        assert service["environment"]["STUDIO_MEDIA_STORAGE"] == "s3"
+        assert all("media" not in volume for volume in service["volumes"])
+
+
+def test_the_worker_env_example_sets_every_variable_the_compose_file_requires():
+    text = (ROOT / "docker/compose.worker.yaml").read_text()
+    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", text))
+    example = (ROOT / "docker/worker.env.example").read_text()
+    given = set(re.findall(r"^([A-Z0-9_]+)=", example, re.M))
+    assert required and required <= given
+    assert "docker/*.env" in (ROOT / ".dockerignore").read_text()  # secrets stay out of images
