@@ -32,22 +32,24 @@ setup: $(VENV)/.installed
 	$(PY) manage.py migrate --noinput
 
 WEB = $(PY) -m uvicorn studio.asgi:application --host $(HOST) --port $(PORT) --ws websockets-sansio
-# One worker process per device and one job at a time (prefetch 1, late acks): a diffusion
-# job holds the whole GPU, and a prefetched message would wait behind it, unfair and unsafe.
-WORKER = $(PY) -m celery -A studio worker --loglevel=INFO --concurrency=1 --prefetch-multiplier=1 \
-	--queues=generation --hostname=gpu@%h
+# One worker process per GPU, each pinned to its GPU and named gpuN@host, one job at a time
+# (prefetch 1, late acks): a diffusion job holds the whole GPU, and a prefetched message
+# would wait behind it, unfair and unsafe. STUDIO_GPUS chooses the GPUs (all, cpu, or 0,1);
+# with none, one worker cpu@host runs on the CPU (studio/run_workers.py). `make worker GPU=1`
+# starts the one for GPU 1.
+WORKER = $(PY) -m studio.run_workers
 # Celery beat plus a small worker for upkeep (the reaper), apart from the GPU workers so it
 # runs even while every one of them is busy with a long job.
 SCHEDULER = $(PY) -m celery -A studio worker --beat --loglevel=INFO --pool=solo \
 	--queues=maintenance,celery --hostname=scheduler@%h --schedule=.run/celerybeat-schedule
 
-# Web server, one worker and the scheduler in the foreground; Ctrl-C stops all three, and so
+# Web server, the workers and the scheduler in the foreground; Ctrl-C stops them all, and so
 # does any one of them exiting.
 run: setup
 	@echo ""
 	@echo "  Studio is starting on http://$(HOST):$(PORT)/"
 	@echo "  Create an admin in another terminal with: $(PY) manage.py createsuperuser"
-	@echo "  Ctrl-C stops the web server, the worker and the scheduler."
+	@echo "  Ctrl-C stops the web server, the workers and the scheduler."
 	@echo ""
 	@mkdir -p .run
 	@trap 'kill $$(jobs -p) 2>/dev/null; wait' INT TERM EXIT; \
@@ -58,7 +60,7 @@ web:
 	$(WEB)
 
 worker:
-	$(WORKER)
+	$(WORKER) $(if $(GPU),--gpus=$(GPU))
 
 scheduler:
 	@mkdir -p .run

@@ -26,7 +26,7 @@ from PIL import Image as PILImage
 
 from generation import engine, inputs, recipes, registry
 from generation.models import InputImage, Job
-from generation.services import job_submit
+from generation.services import NoWorkerForModel, job_submit
 
 from .imports import import_recipe
 from .models import Image, PngImport, Reproduction
@@ -154,8 +154,11 @@ def reproduction_start(*, user, image: Image | None = None,
         job_recipe = a1111_recipe(imported.fields)
         sent = []
     with transaction.atomic():
-        job = job_submit(user=user, recipe=job_recipe, reveals=recipe.get("batch_index", 0),
-                         inputs=sent)
+        try:
+            job = job_submit(user=user, recipe=job_recipe, reveals=recipe.get("batch_index", 0),
+                             inputs=sent)
+        except NoWorkerForModel as exc:
+            raise ReproduceRefused(exc.message) from exc
         return Reproduction.objects.create(
             job=job, image=image, imported=imported, batch_index=job.reveals
         )

@@ -49,6 +49,8 @@ class JobOut(Schema):
     total: int
     attempt: int
     queue_position: int | None
+    waiting: str | None = Field(None, description="What a queued job waits for beyond its "
+                                "turn: no worker is up, or none that is up has its model.")
     prompt: str
     seed: int | None
     queued_at: datetime

@@ -1,24 +1,107 @@
-"""Claiming by plan, for batching and model affinity (docs/architecture.md §3.3): the
-worker reads the round's heads, batching.plan_claim chooses, and the chosen rows start here,
-each a conditional UPDATE that skips a row another worker holds. Off (both settings at their
-defaults), workers claim with services.job_claim_next's one statement, as they always did.
+"""What a worker claims (docs/architecture.md §3.3): `claim`, which tasks.run_job calls.
+
+Claiming by plan, for batching and model affinity: the worker reads the round's heads,
+batching.plan_claim chooses, and the chosen rows start here, each a conditional UPDATE that
+skips a row another worker holds. Off (both settings at their defaults), workers claim with
+services.job_claim_next's one statement, as they always did.
+
+Models per worker: a worker claims only jobs it can run (ClaimFilter, from the worker
+registry); a message it took for a job only another worker can run is passed on (pass_on).
 """
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import redis
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from .batching import Plan, plan_claim
+from . import worker_registry
+from .batching import Head, Plan, plan_claim
 from .models import Job
 from .selectors import round_heads
-from .services import job_claim_next
+from .services import dispatch, job_claim_next
 
 # The turns a plan weighs (more than a batch takes), and the plans tried while other workers
 # claim the planned heads first, before the plain claim.
 ROUND_WINDOW = 32
 CLAIM_TRIES = 3
+
+
+@dataclass(frozen=True)
+class ClaimFilter:
+    """What this worker may claim. Never a job whose model only other workers taking jobs
+    list: theirs to run. Any job whose model it lists; and one whose model no worker up lists
+    (its worker went away, or the web server named it by a path on a disk this worker
+    shares) when the recipe's source is on this host."""
+
+    mine: frozenset[str]
+    theirs: tuple[str, ...]  # listed by other workers taking jobs, not by this one
+
+    def can_run(self, recipe: dict) -> bool:
+        model = recipe.get("model") or {}
+        name, source = model.get("name"), model.get("source")
+        if name in self.mine:
+            return True
+        if name in self.theirs:
+            return False
+        return isinstance(source, str) and worker_registry.loadable(source)
+
+
+def claim_filter() -> ClaimFilter | None:
+    """This worker's ClaimFilter now: one Redis read. None where it claims anything, as
+    before: in a process that publishes nothing (a test's, an eager run), or when Redis
+    does not answer (the claim has other troubles then)."""
+    this = worker_registry.this_worker()
+    if this is None:
+        return None
+    node, mine = this
+    try:
+        workers = worker_registry.taking_jobs(worker_registry.live_workers())
+    except redis.RedisError:
+        return None
+    others = [worker["models"] for worker in workers if worker["name"] != node]
+    return ClaimFilter(mine=mine, theirs=tuple(sorted(set().union(*others) - mine)))
+
+
+def claim(*, worker: str, holds: Callable[[str], bool] | None,
+          served: ClaimFilter | None) -> list[Job]:
+    """The jobs this worker runs now, as one batch (most often one job); [] when none it can
+    run waits. By plan (jobs_claim) when batching or affinity is on, else the one statement.
+    `served`: what it may claim, None for anything."""
+    if claims_by_plan():
+        return jobs_claim(worker=worker, holds=holds, served=served)
+    job = job_claim_next(worker=worker, **_claim_args(served))
+    return [] if job is None else [job]
+
+
+def _claim_args(served: ClaimFilter | None) -> dict:
+    if served is None:
+        return {}
+    return {"exclude_models": served.theirs, "can_run": served.can_run}
+
+
+# A worker passing on a message waits this long first: while the only workers that can run
+# the waiting jobs are busy, an idle one would otherwise take the message back at once, in a
+# loop, as fast as Redis answers.
+PASS_ON_SECONDS = 1.0
+
+
+def pass_on(served: ClaimFilter | None) -> bool:
+    """After a claim found nothing this worker can run: send the message on (after
+    PASS_ON_SECONDS) when a queued job waits for another worker taking jobs, so the message
+    this one took does not leave it stranded until the reaper's next top-up. True if sent."""
+    if served is None or not served.theirs:
+        return False
+    waiting = Job.objects.filter(status=Job.Status.QUEUED,
+                                 recipe__model__name__in=served.theirs)
+    if not waiting.exists():
+        return False
+    time.sleep(PASS_ON_SECONDS)
+    dispatch(None)
+    return True
 
 
 def claims_by_plan() -> bool:
@@ -31,15 +114,18 @@ class _PassedTooOften(Exception):
     """A head the plan passes reached its bound meanwhile (another worker passed it too)."""
 
 
-def jobs_claim(*, worker: str, holds: Callable[[str], bool] | None = None) -> list[Job]:
+def jobs_claim(*, worker: str, holds: Callable[[str], bool] | None = None,
+               served: ClaimFilter | None = None) -> list[Job]:
     """Claim what batching.plan_claim chooses from the current round: the jobs to run as one
-    batch, in order; [] when none waits. `holds(source)`: whether this worker has that model.
+    batch, in order; [] when none waits. `holds(source)`: whether this worker has that model;
+    `served`: what it may claim (None: anything).
 
-    1. Read the round's heads, unlocked, and plan.
+    1. Read the round's heads, unlocked, less those it may not claim, and plan.
     2. In one transaction (`_claim_plan`): count a pass on each head passed, planning again
        if one went past its bound meanwhile; start the leader (planning again without it if
        another worker holds its row) and the other members still free.
-    3. After CLAIM_TRIES plans lost to other workers, claim as job_claim_next does.
+    3. After CLAIM_TRIES plans lost to other workers, or with no head of the round it may
+       claim, claim as job_claim_next does.
     """
     exclude: set = set()
     for _ in range(CLAIM_TRIES):
@@ -47,6 +133,9 @@ def jobs_claim(*, worker: str, holds: Callable[[str], bool] | None = None) -> li
         if not heads:
             if not exclude:
                 return []
+            break
+        heads = _servable(heads, served)
+        if not heads:
             break
         plan = plan_claim(heads, holds=holds, batch_max=settings.STUDIO_BATCH_MAX,
                           max_defer=settings.STUDIO_AFFINITY_MAX_DEFER)
@@ -57,8 +146,18 @@ def jobs_claim(*, worker: str, holds: Callable[[str], bool] | None = None) -> li
         if claimed:
             return claimed
         exclude.add(plan.members[0].pk)
-    job = job_claim_next(worker=worker)
+    job = job_claim_next(worker=worker, **_claim_args(served))
     return [] if job is None else [job]
+
+
+def _servable(heads: list[Head], served: ClaimFilter | None) -> list[Head]:
+    """Those of the heads this worker may claim: their recipes' models read again (one
+    query), as a head keeps its model's source, not its name."""
+    if served is None:
+        return heads
+    models = dict(Job.objects.filter(pk__in=[head.pk for head in heads])
+                  .values_list("pk", "recipe__model"))
+    return [head for head in heads if served.can_run({"model": models.get(head.pk) or {}})]
 
 
 def _claim_plan(plan: Plan, *, worker: str) -> list[Job]:

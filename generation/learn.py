@@ -24,6 +24,11 @@ GRID_STEPS = (10, 20, 50)
 GRID_GUIDANCE = (1.0, 3.0, 5.0, 7.5)
 # diffusers caps each cosine beta so that no step destroys all signal at once.
 MAX_BETA = 0.999
+# The forward-process panel: the strip's pictures, and the slider's frames, evenly spaced over
+# t = 0 … T − 1. The slider's count less one is a multiple of the strip's, so every strip
+# picture is one of the slider's frames and is computed once.
+FORWARD_STRIP = 10
+FORWARD_FRAMES = 46
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,17 @@ def schedules_for(name: str, config: dict[str, Any]) -> list[Schedule]:
     """The model's schedule first, then the linear and cosine ones over as many steps."""
     own = model_schedule(name, config)
     return [own, linear_schedule(own.steps), cosine_schedule(own.steps)]
+
+
+def forward_timesteps(steps: int) -> tuple[list[int], list[int]]:
+    """The timesteps the forward-process panel computes for a schedule of ``steps`` (T):
+    the slider's, evenly spaced from 0 to T − 1, and the positions among them of the
+    strip's ten, evenly spaced too. A short schedule has fewer frames, none twice."""
+    def spaced(count: int) -> list[int]:
+        return sorted({round(k * (steps - 1) / (count - 1)) for k in range(count)})
+
+    frames = spaced(FORWARD_FRAMES)
+    return frames, [frames.index(t) for t in spaced(FORWARD_STRIP)]
 
 
 # --- The demo model's measured tables ----------------------------------------------------

@@ -1,16 +1,20 @@
 """The /learn/ page: diffusion's ideas shown on the model the user picks (docs/architecture.md
 §9). Thin: the schedule maths is generation/learn.py, the charts generation/learn_charts.py;
-every picture the page makes is an ordinary job, submitted by learn.js through POST /jobs/ as
-the generate page submits, so no heavy work runs here."""
+the grids' pictures are ordinary jobs, submitted by learn.js through POST /jobs/ as the
+generate page submits, and the forward process is a task a worker runs
+(generation/learn_tasks.py), so no heavy work runs here."""
 
 import json
 import secrets
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.http import JsonResponse
 from django.shortcuts import render
+from django.views.decorators.http import require_http_methods
 
-from . import engine, learn, learn_charts, recipes, registry
+from . import engine, learn, learn_charts, learn_tasks, recipes, registry
+from .job_request import Refused
 from .models import Output
 
 # How many of the user's images the denoising-path picker offers, newest first.
@@ -27,12 +31,14 @@ def learn_page(request):
     if model not in models:
         model = registry.default_name()
     images = recent_images(request.user)
+    schedule = schedule_context(model)
     chosen = next((o for o in images if str(o.pk) == request.GET.get("image")),
                   images[0] if images else None)
     context = {
         "models": models,
         "model": model,
-        "schedule": schedule_context(model),
+        "schedule": schedule,
+        "forward": forward_context(request.user, schedule),
         "seed": secrets.randbelow(engine.SEED_MAX + 1),
         "steps": engine.DEFAULT_STEPS,
         "guidance": engine.DEFAULT_GUIDANCE,
@@ -49,6 +55,34 @@ def learn_page(request):
         "path": denoising_path(chosen) if chosen else None,
     }
     return render(request, "generation/learn.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def forward(request):
+    """The forward-process panel's computation: POST starts it (or finds it, or stores an
+    upload as its picture), GET reads how it stands; both answer its state as JSON, 404
+    when there is none. A refusal names its field (429 while another of the user's runs)."""
+    posted = request.method == "POST"
+    try:
+        asked = learn_tasks.forward_request(
+            user=request.user, data=request.POST if posted else request.GET,
+            upload=request.FILES.get("image") if posted else None, starting=posted)
+        state = (learn_tasks.forward_start if posted else learn_tasks.forward_state)(asked)
+    except Refused as exc:
+        return JsonResponse({"errors": exc.errors}, status=exc.status(400), headers=exc.headers)
+    return JsonResponse(state, status=404 if state["status"] == "none" else 200)
+
+
+def forward_context(user, schedule: dict | None) -> dict:
+    """The panel's picker: the user's newest images, newest first (so chosen), then the
+    demo model's kind of picture; the strip's timesteps, labelled before the frames come."""
+    images = (Output.objects.filter(job__owner=user).defer("trajectory")
+              .order_by("-created")[:RECENT_IMAGES])
+    steps = schedule["steps"] if schedule else 1000
+    frames, strip = learn.forward_timesteps(steps)
+    return {"images": list(images), "strip": [frames[k] for k in strip], "steps": steps,
+            "seed_max": engine.SEED_MAX}
 
 
 def _cell(label: str, **params) -> dict:

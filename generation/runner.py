@@ -13,7 +13,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import InterfaceError, OperationalError, close_old_connections, connections
 
-from . import broadcast, engine, registry, selectors, services, sidecar
+from . import broadcast, engine, metrics, registry, selectors, services, sidecar, worker_registry
 from .inputs import files_for
 from .models import Job
 from .presenters import job_state
@@ -38,10 +38,14 @@ def run(job: Job) -> str:
     3. Store every image the job shows (Job.shows) as a PNG carrying its recipe, with its
        frames, and finish the job with its outputs in one transaction, or mark it
        canceled, or failed with a reason a person can read.
+    4. Record its wait, steps and end in the metrics (generation/metrics.py): its end only
+       if this attempt's update made it, so a job the reaper ended is counted once.
     """
-    stored = None
+    stored, steps = None, []
+    metrics.jobs_started([job])
     try:
         result, frames = _generate(job, sidecar.get().begin(job))
+        steps = result.timings["steps"]
         if result.canceled:
             outcome = _stopped(job)
         else:
@@ -49,15 +53,14 @@ def run(job: Job) -> str:
             outcome = "succeeded" if stored is not None else "superseded"
     except SoftTimeLimitExceeded:
         limit = settings.CELERY_TASK_SOFT_TIME_LIMIT
-        services.job_fail(job=job, reason=f"The job took longer than the {limit} s time limit.")
-        outcome = "failed"
+        outcome = _fail(job, f"The job took longer than the {limit} s time limit.")
     except Exception as exc:  # every failure ends the job, with its reason kept
         log.exception("job %s failed", job.pk)
-        services.job_fail(job=job, reason=failure_reason(exc))
-        outcome = "failed"
+        outcome = _fail(job, failure_reason(exc))
     if stored is None:  # a finished job holds its stored state already (services.job_finish)
         job.refresh_from_db()
     announce(job, outputs=stored)
+    metrics.jobs_ended([job] if outcome in Job.FINISHED else [], steps=steps)
     return outcome
 
 
@@ -74,10 +77,13 @@ def run_batch(jobs: list[Job]) -> str:
       fails that job alone.
     """
     ended: dict = {}  # job id -> (outcome, stored outputs or None)
+    step_seconds = []
+    metrics.jobs_started(jobs)
     try:
         recipes = [_recipe(job) for job in jobs]
         steps = sidecar.get().begin_batch(jobs, [recipe.batch_size for recipe in recipes])
         result, frames = _generate_batch(jobs, recipes, steps)
+        step_seconds = result.timings["steps"]
         for job, part in zip(jobs, _parts(result, recipes), strict=True):
             ended[job.pk] = _end_part(job, part, frames, steps)
     except Exception as exc:  # every failure ends the jobs not ended yet, with its reason
@@ -85,13 +91,14 @@ def run_batch(jobs: list[Job]) -> str:
             log.exception("batch %s failed", [str(job.pk) for job in jobs])
         for job in jobs:
             if job.pk not in ended:
-                services.job_fail(job=job, reason=_batch_failure(exc))
-                ended[job.pk] = ("failed", None)
+                ended[job.pk] = (_fail(job, _batch_failure(exc)), None)
     for job in jobs:
         outcome, stored = ended[job.pk]
         if stored is None:
             job.refresh_from_db()
         announce(job, outputs=stored)
+    metrics.jobs_ended([job for job in jobs if ended[job.pk][0] in Job.FINISHED],
+                       steps=step_seconds)
     return ", ".join(outcome for outcome, _ in ended.values())
 
 
@@ -132,9 +139,14 @@ def _end_part(job: Job, part: engine.Result, frames: dict,
         stored = _finish(job, part, frames.get(str(job.pk), []))
     except Exception as exc:  # this job's images alone are lost
         log.exception("job %s failed", job.pk)
-        services.job_fail(job=job, reason=failure_reason(exc))
-        return "failed", None
+        return _fail(job, failure_reason(exc)), None
     return ("succeeded" if stored is not None else "superseded"), stored
+
+
+def _fail(job: Job, reason: str) -> str:
+    """Fail the job: "failed", or "superseded" if it was no longer this attempt's to fail
+    (the reaper took it back meanwhile, and counted its end if it ended it)."""
+    return "failed" if services.job_fail(job=job, reason=reason) else "superseded"
 
 
 def _batch_failure(exc: Exception) -> str:
@@ -224,8 +236,16 @@ def _generate(job: Job, steps: sidecar.SidecarRun) -> tuple[engine.Result, list[
 
 
 def _recipe(job: Job) -> engine.Recipe:
-    # The server decides the threads, whatever a recipe says (services.job_submit).
-    return replace(engine.Recipe.from_json(job.recipe), threads=registry.threads())
+    """The job's recipe as this worker runs it. The server decides the threads, whatever a
+    recipe says (services.job_submit). The model's source is the one the web server found;
+    a worker on another host may keep the same model elsewhere, and then loads its own copy
+    of that name (docs/operations.md §2): the weights' hash in the recipe still has to match."""
+    recipe = replace(engine.Recipe.from_json(job.recipe), threads=registry.threads())
+    if not worker_registry.loadable(recipe.model.source):
+        source = registry.models().get(recipe.model.name)
+        if source is not None:
+            recipe = replace(recipe, model=replace(recipe.model, source=source))
+    return recipe
 
 
 def _pipeline(jobs: list[Job], recipe: engine.Recipe) -> tuple["engine.StudioPipeline", float]:

@@ -9,21 +9,23 @@ delivered twice, a reaper racing a worker, or two workers racing each other chan
 import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Count, Min, Q
+from django.db.models import BooleanField, Count, Min, Q
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from studio.celery import app
 from studio.services import user_lock
 
-from . import broadcast
+from . import broadcast, metrics, worker_registry
 from .engine.inputs import steps_run
 from .inputs import store
+from .job_request import Refused
 from .models import Job, Output
 from .selectors import fair_queue, start_order
 from .signals import job_succeeded
@@ -75,6 +77,26 @@ def check_limits(user) -> None:
         )
 
 
+class NoWorkerForModel(Refused):
+    """No worker that is up can load the job's model (generation/worker_registry.py): a
+    Refused naming the field `model`, which every door shows as it shows its other fields'."""
+
+    def __init__(self, message: str):
+        super().__init__({"model": message})
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def check_model_served(recipe: dict) -> None:
+    """Raise NoWorkerForModel when workers are up and none can load the recipe's model. With
+    none up the job is queued and waits (they may be restarting), and its state says so."""
+    name = (recipe.get("model") or {}).get("name")
+    if name and (reason := worker_registry.refusal(name)):
+        raise NoWorkerForModel(reason)
+
+
 # The worker decides these from its own settings (runner.py); a recipe's are never obeyed.
 WORKER_DECIDES = ("threads", "device", "dtype")
 
@@ -86,8 +108,11 @@ def job_submit(*, user, recipe: dict, reveals: int | None = None,
     last free place (held to the end of the caller's transaction). `reveals`: Job.reveals.
     `inputs`: the images the recipe starts from, each as generation.inputs.store takes them,
     stored for the user (once per image) and kept with the job, in the same transaction.
-    Its progress counts to the steps the recipe runs (engine.steps_run), not its `steps`."""
+    Its progress counts to the steps the recipe runs (engine.steps_run), not its `steps`.
+    Raises NoWorkerForModel before anything is stored when no worker up can load its model
+    (one Redis read), or LimitExceeded."""
     recipe = {**recipe, **dict.fromkeys(WORKER_DECIDES)}
+    check_model_served(recipe)
     with transaction.atomic():
         user_lock(user)
         check_limits(user)
@@ -116,28 +141,58 @@ def dispatch(job_id) -> None:
 # --- Claim, progress, finish --------------------------------------------------------------
 
 
-def job_claim_next(*, worker: str) -> Job | None:
+def job_claim_next(*, worker: str, exclude_models: Sequence[str] = (),
+                   can_run: Callable[[dict], bool] | None = None) -> Job | None:
     """Move the next job in fair order from queued to running, or return None if none waits.
 
     One statement locks the head of the fair queue (skipping a row another worker holds),
     starts it and returns it. Every job waits for its claim, and a SELECT and an UPDATE, each
     built by the ORM, took about twice as long (docs/performance.md).
+
+    A worker with a model list (claims.ClaimFilter) passes the jobs of `exclude_models` (other
+    workers' models) and checks the job it claimed with `can_run(recipe)`: one it cannot run
+    goes back untouched (the claim rolled back) and the claim tries again without its model.
     """
     now = timezone.now()
     sql, head_params = claim_statement()
-    # Django compiles a select_for_update only inside a transaction, even as a subquery.
-    with transaction.atomic():
-        started = Job.objects.raw(
-            sql, [Job.Status.RUNNING, worker, now, now, *head_params, Job.Status.QUEUED]
-        )
-        return next(iter(started), None)
+    excluded = list(exclude_models)
+    for _ in range(MODEL_PASSES):
+        params = [excluded if param is NO_MODELS else param for param in head_params]
+        # Django compiles a select_for_update only inside a transaction, even as a subquery.
+        with transaction.atomic():
+            started = Job.objects.raw(
+                sql, [Job.Status.RUNNING, worker, now, now, *params, Job.Status.QUEUED]
+            )
+            job = next(iter(started), None)
+            if job is None or can_run is None or can_run(job.recipe):
+                return job
+            transaction.set_rollback(True)
+        excluded = [*excluded, (job.recipe.get("model") or {}).get("name")]
+    return None
+
+
+# How many models a claim passes over, one by one, before it gives up: jobs of models no
+# worker lists and this one cannot load.
+MODEL_PASSES = 5
+# The claim's parameter for the model names it passes: none, unless job_claim_next puts
+# the names in its place (found by identity: the statement is compiled once).
+NO_MODELS: list[str] = []
 
 
 @functools.cache
 def claim_statement() -> tuple[str, tuple]:
     """The claim's SQL and its fair-queue head's parameters, compiled once per process: the
-    order never changes, and building it took a millisecond of every claim."""
-    head = fair_queue().select_for_update(skip_locked=True, of=("self",)).values("pk")[:1]
+    order never changes, and building it took a millisecond of every claim. One parameter
+    is NO_MODELS, the model names the claim passes (an array): run as it is, it passes none."""
+    model_name = f"({Job._meta.db_table}.recipe -> 'model' ->> 'name')"
+    passed = RawSQL(  # noqa: S611 (the names come as a parameter)
+        f"COALESCE({model_name} = ANY(%s), false)", (NO_MODELS,),
+        output_field=BooleanField(),
+    )
+    head = (
+        fair_queue().alias(passed=passed).filter(passed=False)
+        .select_for_update(skip_locked=True, of=("self",)).values("pk")[:1]
+    )
     with transaction.atomic():
         head_sql, head_params = head.query.sql_with_params()
     sql = (
@@ -214,6 +269,7 @@ def job_cancel(*, job: Job, actor) -> str:
         raise NotJobOwner("Only the job's owner can cancel it.")
     queued = Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED)
     if queued.update(status=Job.Status.CANCELED, finished_at=timezone.now()):
+        metrics.queued_job_canceled()
         announce_queue()
     else:
         Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(cancel_requested=True)

@@ -7,11 +7,11 @@ from django.http import Http404, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_POST
 
-from . import job_request, recipes, selectors, services
+from . import job_request, metrics_view, recipes, selectors, services
 from .forms import generate_form
 from .models import Job
 from .presenters import job_state
-from .workers import worker_summary
+from .workers import staff_workers
 
 
 @login_required
@@ -67,9 +67,10 @@ def job_cancel(request, job_id):
 @staff_member_required
 def staff_queue(request):
     context = {
-        "workers": worker_summary(),
+        "workers": staff_workers(),
         "queues": selectors.queue_summary(),
         "running": Job.objects.filter(status=Job.Status.RUNNING).select_related("owner"),
         "heartbeat_timeout": settings.STUDIO_HEARTBEAT_TIMEOUT,
+        "figures": metrics_view.staff_figures(),
     }
     return render(request, "generation/staff.html", context)

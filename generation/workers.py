@@ -8,6 +8,8 @@ from redis.exceptions import RedisError
 
 from studio.celery import app
 
+from . import worker_registry
+
 log = logging.getLogger(__name__)
 
 
@@ -17,6 +19,25 @@ def worker_summary(timeout: float = 1.0) -> list[dict]:
     active = inspect.active() or {}
     return [
         {"name": name, "busy": len(tasks)} for name, tasks in sorted(active.items())
+    ]
+
+
+def staff_workers(timeout: float = 1.0) -> list[dict]:
+    """Every worker that answers a ping (worker_summary) or reports in the worker registry,
+    by name, for the staff page: `busy` (its running tasks; None when it did not answer),
+    and the registry's models, holds, device and draining (`registered` False for one that
+    reports nothing there, as the scheduler's worker)."""
+    try:
+        registered = {worker["name"]: worker for worker in worker_registry.live_workers()}
+    except RedisError as exc:
+        log.warning("cannot read the worker registry: %s", exc)
+        registered = {}
+    busy = {worker["name"]: worker["busy"] for worker in worker_summary(timeout)}
+    return [
+        {"name": name, "busy": busy.get(name), "registered": name in registered,
+         **{key: registered.get(name, {}).get(key, empty) for key, empty in
+            (("models", []), ("holds", []), ("device", ""), ("draining", False))}}
+        for name in sorted(busy.keys() | registered.keys())
     ]
 
 

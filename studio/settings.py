@@ -5,6 +5,7 @@ them; production sets at least DEBUG=0, SECRET_KEY and ALLOWED_HOSTS.
 https://docs.djangoproject.com/en/5.2/ref/settings/
 """
 
+import ipaddress
 import math
 import os
 from pathlib import Path
@@ -67,6 +68,19 @@ def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:
 
 def envlist(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def envnetworks(name: str) -> list[str]:
+    """IP addresses and CIDR networks, comma-separated; each must parse, so a typo stops the
+    server at start instead of silently allowing nothing."""
+    entries = envlist(name, "")
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise ImproperlyConfigured(
+                f"{name} entry {entry!r} is not an IP address or network") from exc
+    return entries
 
 
 # A model's name as STUDIO_MODELS, the models folder and the admin may give it.
@@ -373,7 +387,7 @@ STUDIO_LOGIN_LOCKOUT_SECONDS = envint("STUDIO_LOGIN_LOCKOUT_SECONDS", 900)
 # (empty: no token is accepted), and clients whose address is in STUDIO_METRICS_ALLOW, a
 # comma-separated list of IPs and CIDR networks (generation/metrics_view.py); anyone else a 404.
 STUDIO_METRICS_TOKEN = os.environ.get("STUDIO_METRICS_TOKEN", "")
-STUDIO_METRICS_ALLOW = envlist("STUDIO_METRICS_ALLOW", "")
+STUDIO_METRICS_ALLOW = envnetworks("STUDIO_METRICS_ALLOW")
 
 # --- Jobs (docs/architecture.md §3) ---------------------------------------------------------------
 STUDIO_MAX_QUEUED_PER_USER = envint("STUDIO_MAX_QUEUED_PER_USER", 20)

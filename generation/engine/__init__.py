@@ -91,6 +91,14 @@ LoRAs (``loras.py``, ``lora_weights.py``)
     apply_loras(pipeline, [(name, path, hash, weight)])   activate them for the next run
         (``generate(..., lora_files={name: path})`` does it)
 
+The forward process (``forward_process.py``)
+    forward_frames(pipe, image, *, timesteps, seed, threads=None, on_frame=None)
+        -> ForwardFrames(timesteps, alpha_bars, images, size, train_steps, seconds): the
+        picture cropped to the model's native square, encoded (x0), and
+        x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps at each t from one CPU-seeded
+        noise, decoded; on_frame(done, total) after each decode
+    scheduler_alpha_bars(pipe), noised(x0, noise, alpha_bar), frame_data_url(image)
+
 Light and heavy names
     Recipes, specs, families, checkpoint headers, sampler names, validation, PNG metadata and
     comparison, image inputs and errors import neither torch nor diffusers (``specs.py``,
@@ -171,6 +179,9 @@ _HEAVY = {
     ),
     "samplers": ("make_scheduler",),
     "lora_weights": ("apply_loras",),
+    "forward_process": (
+        "ForwardFrames", "forward_frames", "frame_data_url", "noised", "scheduler_alpha_bars",
+    ),
 }
 _HEAVY_MODULE = {name: module for module, names in _HEAVY.items() for name in names}
 
@@ -268,4 +279,9 @@ __all__ = [
     "resolve_device",
     "validate_recipe",
     "weights_hash",
+    "ForwardFrames",
+    "forward_frames",
+    "frame_data_url",
+    "noised",
+    "scheduler_alpha_bars",
 ]

@@ -210,8 +210,11 @@
     }
   }
 
+  // A job may wait for more than its turn: no worker up, or none with its model. The
+  // server says so in `waiting`; queue-position messages keep the last reason heard.
   function queuedText(position) {
-    return position === 0 ? "Queued — next up" : `Queued — ${position} ahead of you`;
+    const turn = position === 0 ? "Queued — next up" : `Queued — ${position} ahead of you`;
+    return current && current.waiting ? `${turn} (waiting: ${current.waiting})` : turn;
   }
 
   // The server tells every waiting job its new place whenever the queue's order changes.
@@ -230,6 +233,7 @@
       current.step = 0;
     }
     current.status = job.status;
+    current.waiting = job.waiting || null;
     if (job.status === "queued") {
       statusText.textContent = queuedText(job.queue_position);
     } else if (job.status === "running") {

@@ -1,7 +1,9 @@
 // The /learn/ page. The charts are drawn by the server; this adds a readout under them for
-// touch screens, runs the picture grids as ordinary jobs (POST /jobs/, as the generate page
-// does, each followed over /ws/jobs/<id>/: docs/architecture.md §5), and steps through an
-// image's stored denoising frames. Text from the server is always set with textContent.
+// touch screens, asks a worker for the forward process's frames (POST /learn/forward/, then
+// GET until they are done) and shows them on a slider, runs the picture grids as ordinary
+// jobs (POST /jobs/, as the generate page does, each followed over /ws/jobs/<id>/:
+// docs/architecture.md §5), and steps through an image's stored denoising frames. Text from
+// the server is always set with textContent.
 (() => {
   "use strict";
   const FINISHED = new Set(["succeeded", "failed", "canceled"]);
@@ -25,6 +27,160 @@
     svg.addEventListener("pointermove", show);
     svg.addEventListener("pointerdown", show);
   });
+
+  // --- The forward process: one computation at a time, its frames on the slider.
+  const forwardPanel = document.getElementById("forward");
+  if (forwardPanel) forwardProcess(forwardPanel);
+
+  function forwardProcess(panel) {
+    const form = panel.querySelector("#forward-form");
+    const upload = form.elements.image;
+    const slider = panel.querySelector("#forward-slider");
+    const frame = panel.querySelector("#forward-frame");
+    const caption = panel.querySelector("#forward-caption");
+    const status = panel.querySelector("#forward-status");
+    const error = panel.querySelector("#forward-error");
+    const strip = [...panel.querySelectorAll("#forward-strip li")];
+    let frames = [];
+    let steps = 0;
+    let ticket = 0;  // the latest request's: an older one's answers are dropped
+
+    const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+
+    // POST the form (with the upload when one is chosen); on 429 wait and ask again.
+    async function start() {
+      const mine = ++ticket;
+      error.textContent = "";
+      status.textContent = "Sending it to the queue…";
+      panel.classList.add("stale");  // the frames shown are another request's
+      const data = new FormData(form);
+      if (!upload.files.length) data.delete("image");
+      for (let tries = 0; tries < 200 && mine === ticket; tries += 1) {
+        const answer = await ask(form.action, { method: "POST", body: data });
+        if (mine !== ticket || !answer) return;
+        if (answer.status === 429) {
+          status.textContent = answer.message;
+          await sleep(answer.retryAfter * 1000);
+          continue;
+        }
+        if (answer.errors) {
+          status.textContent = "";
+          error.textContent = answer.message;
+          return;
+        }
+        if (upload.files.length) keepUpload(answer.body.source);
+        await follow(mine, answer.body);
+        return;
+      }
+    }
+
+    // Read the computation's state each second until it ends (or a newer request starts).
+    async function follow(mine, state) {
+      while (mine === ticket) {
+        show(state);
+        if (!["queued", "running"].includes(state.status)) return;
+        await sleep(state.status === "queued" && state.waiting > 30 ? 5000 : 1000);
+        const query = new URLSearchParams({ model: form.elements.model.value,
+          source: state.source, seed: String(state.seed) });
+        const answer = await ask(`${form.action}?${query}`, {});
+        if (mine !== ticket || !answer) return;
+        if (answer.errors || answer.body.status === "none") {
+          start();  // expired, or its picture is gone: ask again, which says why
+          return;
+        }
+        state = answer.body;
+      }
+    }
+
+    async function ask(url, options) {
+      let response;
+      try {
+        response = await fetch(url, { ...options, headers: { Accept: "application/json" } });
+      } catch {
+        error.textContent = "Studio could not be reached. Check your connection and retry.";
+        status.textContent = "";
+        return null;
+      }
+      // A refusal made before the view (a body too large, say) may not be JSON.
+      const body = await response.json()
+        .catch(() => ({ errors: { __all__: `Studio answered ${response.status}.` } }));
+      const message = Object.values(body.errors || {})[0] || `Studio answered ${response.status}.`;
+      return { status: response.status, body, errors: body.errors, message,
+        retryAfter: Number(response.headers.get("Retry-After")) || 3 };
+    }
+
+    // An upload becomes a choice of the picker, so a new seed reuses it without sending it.
+    function keepUpload(source) {
+      const picker = form.elements.source;
+      let option = [...picker.options].find((o) => o.value === source);
+      if (!option) {
+        option = new Option(`Your upload: ${upload.files[0].name}`, source);
+        picker.prepend(option);
+      }
+      picker.value = source;
+      upload.value = "";
+    }
+
+    function show(state) {
+      if (state.status === "queued") {
+        const hint = state.waiting >= 20 ? " Every worker is busy, or none is running." : "";
+        status.textContent = `Waiting in the queue for a worker (${state.waiting} s).${hint}`;
+      } else if (state.status === "running") {
+        status.textContent = state.total
+          ? `A worker is decoding x_t: ${state.done} of ${state.total} frames.`
+          : "A worker is encoding the picture…";
+      } else if (state.status === "done") {
+        status.textContent = `Computed at ${state.size}×${state.size} in ${state.seconds} s.`;
+        frames = state.frames;
+        steps = state.steps;
+        panel.classList.remove("stale");
+        slider.max = String(frames.length - 1);
+        slider.value = String(Math.min(Number(slider.value), frames.length - 1));
+        slider.disabled = false;
+        state.strip.forEach((index, k) => {
+          const item = strip[k];
+          if (!item) return;
+          item.dataset.frame = String(index);
+          const img = item.querySelector("img");
+          img.src = frames[index].image;
+          img.hidden = false;
+          item.querySelector("span").textContent = `t = ${frames[index].t}`;
+        });
+        showFrame();
+      } else if (state.status === "failed") {
+        status.textContent = "";
+        error.textContent = `It failed: ${state.error}`;
+      } else {
+        status.textContent = "A newer request replaced this one.";
+      }
+    }
+
+    function showFrame() {
+      const chosen = frames[Number(slider.value)];
+      if (!chosen) return;
+      const a = chosen.alpha_bar;
+      const share = (value) => `${(100 * value).toFixed(value < 0.1 ? 1 : 0)}%`;
+      const shown = a < 0.001 ? a.toExponential(1) : a.toPrecision(3);
+      frame.src = chosen.image;
+      frame.alt = `x_t at t = ${chosen.t}`;
+      frame.hidden = false;
+      frame.nextElementSibling.hidden = true;
+      caption.textContent = `t = ${chosen.t} of ${steps} · ᾱ_t = ${shown} · `
+        + `signal ${share(a)}, noise ${share(1 - a)}`;
+    }
+
+    slider.addEventListener("input", showFrame);
+    strip.forEach((item) => item.addEventListener("click", () => {
+      if (item.dataset.frame === undefined) return;
+      slider.value = item.dataset.frame;
+      showFrame();
+    }));
+    form.addEventListener("submit", (event) => { event.preventDefault(); start(); });
+    form.elements.source.addEventListener("change", start);
+    form.elements.seed.addEventListener("change", start);
+    upload.addEventListener("change", () => { if (upload.files.length) start(); });
+    start();
+  }
 
   // --- The picture grids: one job per cell, at most as many waiting as the queue allows.
   document.querySelectorAll(".learn-run").forEach((panel) => {

@@ -1,5 +1,7 @@
-"""The /learn/ page in Chromium: its panels, the model picker, and the picture grids run as
-ordinary jobs on a real worker with the demo model."""
+"""The /learn/ page in Chromium: its panels, the model picker, the forward process computed
+by a real worker, and the picture grids run as ordinary jobs on a real worker with the demo
+model. Without a worker the forward process's message waits in the run's own queue, which
+`celery_queue` empties after the test."""
 
 import os
 import re
@@ -40,10 +42,11 @@ def model_line(page):
 
 
 def test_every_panel_renders_and_the_model_picker_redraws_the_schedule(
-    studio_server, browser, alice, sd_schedule  # noqa: F811
+    studio_server, browser, alice, sd_schedule, celery_queue  # noqa: F811
 ):
     context, page = open_learn(browser, studio_server, alice)
-    for panel in ("The schedule", "Guidance", "Samplers and steps", "The denoising path"):
+    for panel in ("The schedule", "The forward process", "Guidance", "Samplers and steps",
+                  "The denoising path"):
         expect(page.get_by_role("heading", name=panel)).to_be_visible()
     assert page.locator(".learn-chart svg").count() == 2
     assert page.locator("#guidance .learn-cell").count() == 4
@@ -51,6 +54,9 @@ def test_every_panel_renders_and_the_model_picker_redraws_the_schedule(
     expect(page.locator("#guidance .learn-measured tbody tr")).to_have_count(4)
     expect(page.locator("#samplers .learn-measured tbody tr")).to_have_count(9)
     expect(page.locator("#path-empty")).to_be_visible()
+    # No worker here: the forward process says it waits in the queue.
+    expect(page.locator("#forward-status")).to_contain_text("Waiting in the queue")
+    expect(page.locator("#forward-strip li")).to_have_count(10)
     expect(page.locator("#schedule-legend")).to_contain_text("% of steps below 10% noise")
     # Hovering the chart reads out every schedule's values at that t.
     page.locator('[data-chart="snr"] rect.band').nth(25).hover()
@@ -65,12 +71,58 @@ def test_every_panel_renders_and_the_model_picker_redraws_the_schedule(
     context.close()
 
 
-def test_the_page_fits_a_phone(studio_server, browser, alice):
+def test_the_page_fits_a_phone(studio_server, browser, alice, celery_queue):
     context, page = open_learn(browser, studio_server, alice,
                                viewport={"width": 375, "height": 812})
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
     expect(page.locator(".learn-chart svg").first).to_be_visible()
+    expect(page.locator("#forward-slider")).to_be_visible()
     shoot(page, "phone")
+    context.close()
+
+
+def test_the_t_slider_dissolves_the_demo_circle_into_noise_and_an_upload_follows(
+    studio_server, celery_worker, browser, alice, tmp_path
+):
+    """A new user with only the demo model: the panel asks a real worker for the frames as
+    the page opens, and the slider and the strip show them."""
+    context, page = open_learn(browser, studio_server, alice)
+    expect(page.locator("#forward-source")).to_have_value("demo")
+    slider, frame = page.locator("#forward-slider"), page.locator("#forward-frame")
+    caption = page.locator("#forward-caption")
+    expect(slider).to_be_enabled(timeout=120_000)
+    expect(caption).to_contain_text("t = 0 of 1000")
+    clean = frame.get_attribute("src")
+    assert clean.startswith("data:image/webp;base64,")
+    slider.fill("23")
+    expect(caption).to_contain_text("t = 511 of 1000")
+    middle = frame.get_attribute("src")
+    slider.fill(slider.get_attribute("max"))
+    expect(caption).to_contain_text("t = 999 of 1000 · ᾱ_t = ")
+    expect(caption).to_contain_text("noise 100")
+    assert len({clean, middle, frame.get_attribute("src")}) == 3
+    strip = page.locator("#forward-strip img")
+    expect(strip).to_have_count(10)
+    for k in range(10):
+        expect(strip.nth(k)).to_have_attribute("src", re.compile(r"^data:image/webp;base64,"))
+    expect(page.locator("#forward-strip span")).to_have_text(
+        [f"t = {111 * k}" for k in range(10)])
+    strip.nth(5).click()
+    expect(caption).to_contain_text("t = 555 of 1000")
+    assert frame.get_attribute("src") == strip.nth(5).get_attribute("src")
+    shoot(page, "forward")
+
+    # An upload becomes the picker's choice and gets frames of its own.
+    from PIL import Image, ImageDraw
+
+    picture = Image.new("RGB", (80, 60), (250, 250, 250))
+    ImageDraw.Draw(picture).rectangle((20, 10, 60, 50), fill=(20, 160, 60))
+    picture.save(tmp_path / "square.png")
+    circle = strip.first.get_attribute("src")
+    page.set_input_files("#forward-upload", str(tmp_path / "square.png"))
+    expect(page.locator("#forward-source")).to_have_value(re.compile(r"^upload:[0-9a-f]{64}$"))
+    expect(strip.first).not_to_have_attribute("src", circle, timeout=60_000)
+    expect(page.locator("#forward-status")).to_contain_text("Computed at 64×64")
     context.close()
 
 

@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 from PIL import PngImagePlugin
 
 from gallery.models import Reproduction, Visibility
-from generation import engine, recipes, registry, services
+from generation import engine, recipes, registry, services, worker_registry
 from generation.models import BlockedPhrase, Job, WeightsHash
 
 from .conftest import png_bytes
@@ -80,6 +80,17 @@ def test_it_refuses_a_model_this_server_lacks(make_image, alice, as_viewer):
     image.output.save()
     page = reproduce(as_viewer("alice"), image).content.decode()
     assert "This server has no model called “gone”" in page
+    assert not Reproduction.objects.exists()
+
+
+def test_it_refuses_a_model_no_worker_up_can_load(tiny_image, as_viewer):
+    # A worker on another host, up, with other models (generation/worker_registry.py).
+    worker_registry.report("gpu0@elsewhere.test", models=["sdxl"], holds=[], device="cuda")
+    try:
+        page = reproduce(as_viewer("alice"), tiny_image).content.decode()
+    finally:
+        worker_registry.withdraw("gpu0@elsewhere.test")
+    assert "No worker that is up can load the model “tiny”" in page
     assert not Reproduction.objects.exists()
 
 
