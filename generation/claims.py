@@ -49,6 +49,19 @@ class ClaimFilter:
             return False
         return isinstance(source, str) and worker_registry.loadable(source)
 
+    def orphaned(self) -> list[str]:
+        """The models of queued jobs that this worker cannot load and no other worker up
+        lists (their worker went away): passed by name in the claim statement, so any number
+        of them at the head of the fair order never hides a job this worker can run. One
+        query over the queued jobs (a partial index), a stat call per model."""
+        queued = (Job.objects.filter(status=Job.Status.QUEUED)
+                  .values_list("recipe__model__name", "recipe__model__source").distinct())
+        return sorted({
+            name for name, source in queued
+            if name not in self.mine and name not in self.theirs
+            and not self.can_run({"model": {"name": name, "source": source}})
+        })
+
 
 def claim_filter() -> ClaimFilter | None:
     """This worker's ClaimFilter now: one Redis read. None where it claims anything, as
@@ -80,7 +93,7 @@ def claim(*, worker: str, holds: Callable[[str], bool] | None,
 def _claim_args(served: ClaimFilter | None) -> dict:
     if served is None:
         return {}
-    return {"exclude_models": served.theirs, "can_run": served.can_run}
+    return {"exclude_models": (*served.theirs, *served.orphaned()), "can_run": served.can_run}
 
 
 # A worker passing on a message waits this long first: while the only workers that can run

@@ -158,9 +158,13 @@ def refusal(model: str) -> str | None:
         return None
     if not workers or any(has_model(worker, model) for worker in workers):
         return None
-    return (f"No worker that is up can load the model “{model}” (workers up: "
-            f"{_names(workers)}). Choose another model, or ask an operator to add it to a "
-            "worker's models.")
+    # The workers' node names are internal host names: the operator's log has them, the
+    # user's message only how many there are.
+    log.info("refused a job for %r: no worker up has it (workers up: %s)", model,
+             _names(workers))
+    count = f"{len(workers)} worker{'s' if len(workers) != 1 else ''} up"
+    return (f"No worker that is up can load the model “{model}” ({count}). Choose another "
+            "model, or ask an operator to add it to a worker's models.")
 
 
 def _names(workers: list[dict]) -> str:

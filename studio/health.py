@@ -25,21 +25,30 @@ log = logging.getLogger(__name__)
 
 DEADLINE = 3.0  # seconds: compose healthchecks poll with a timeout of a few seconds
 SOCKET_TIMEOUT = 2.0  # seconds, for the Redis probe's connect and each answer
+REUSE_SECONDS = 1.0  # an answer serves every request for this long
 OK = "ok"
 
 
 def report(deadline: float = DEADLINE) -> dict[str, str]:
     """{"database": ..., "redis": ..., "storage": ...}, each "ok" or what went wrong.
 
-    Requests that arrive while a probe runs share its answer instead of starting their own:
-    /healthz is open to anyone, and during an outage each probe's checks may hang for their
-    clients' full timeouts, so a flood of requests would otherwise pile up threads."""
+    Requests that arrive while a probe runs, or within REUSE_SECONDS after it ended, share
+    its answer instead of starting their own: /healthz is open to anyone, so a flood of
+    requests would otherwise cost a query, a PING and a request to the store each, and during
+    an outage pile up threads whose checks hang for their clients' full timeouts."""
     global _probe
     with _probe_lock:
-        if _probe is None or not _probe.running():
+        if _probe is None or not _probe.fresh():
             _probe = _Probe(deadline)
         probe = _probe
     return probe.answer()
+
+
+def forget() -> None:
+    """The next report probes afresh (tests that change what it checks)."""
+    global _probe
+    with _probe_lock:
+        _probe = None
 
 
 class _Probe:
@@ -49,18 +58,25 @@ class _Probe:
         self.deadline = deadline
         self.ends = time.monotonic() + deadline
         self.results: dict[str, str] = {}
+        self.ended: float | None = None  # when its first answer was given
         self.threads = [threading.Thread(target=_run, args=(name, check, self.results),
                                          daemon=True, name=f"healthz-{name}")
                         for name, check in CHECKS.items()]
         for thread in self.threads:
             thread.start()
 
-    def running(self) -> bool:
-        return time.monotonic() < self.ends and any(t.is_alive() for t in self.threads)
+    def fresh(self) -> bool:
+        """Still running, or ended less than REUSE_SECONDS ago."""
+        now = time.monotonic()
+        if now < self.ends and any(t.is_alive() for t in self.threads):
+            return True
+        return self.ended is not None and now - self.ended < REUSE_SECONDS
 
     def answer(self) -> dict[str, str]:
         for thread in self.threads:
             thread.join(max(0.0, self.ends - time.monotonic()))
+        if self.ended is None:
+            self.ended = time.monotonic()
         return {name: self.results.get(name, f"error: no answer within {self.deadline:g} s")
                 for name in CHECKS}
 

@@ -37,7 +37,10 @@ ADDRESSING_STYLES = ("auto", "path", "virtual")
 # hanging. Images are small, so a store that is merely slow still fits in these.
 CONNECT_TIMEOUT = 3  # seconds
 READ_TIMEOUT = 10  # seconds of silence while waiting for an answer
-ATTEMPTS = 2  # the first try and one retry
+# botocore's own default: workers write through this client too, and a job that fails to
+# store its images is not retried, so a store's passing hiccup (SlowDown, a restart) gets
+# two more tries. /healthz does not wait for them: it has a deadline of its own.
+ATTEMPTS = 3
 
 
 def media_storage(kind: str, env: Mapping[str, str]) -> dict:

@@ -192,6 +192,9 @@ DATABASES = {
 # (generation/waiting.py). A worker's sidecar process opens one connection of its own,
 # outside the pool (generation/sidecar.py). Celery workers keep their pool between tasks and
 # hand a task's connections back around it (CELERY_DB_REUSE_MAX below, studio/celery.py).
+# A Postgres that does not answer (a dead host, a dropped route) is an error in seconds, not
+# after the kernel's TCP timeout of minutes; DATABASE_URL's ?connect_timeout= wins.
+DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 10)
 if envbool("DATABASE_POOL", True) and not DATABASES["default"]["CONN_MAX_AGE"]:
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": 1,

@@ -93,14 +93,17 @@ def test_with_no_worker_reporting_a_job_is_queued_and_says_it_waits_for_one(alic
     assert registry.waiting_reason("tiny", registry.live_workers()) == "no worker is up"
 
 
-def test_a_model_no_worker_up_can_load_is_refused_with_the_field_named(alice, tiny):
+def test_a_model_no_worker_up_can_load_is_refused_with_the_field_named(alice, tiny, caplog):
     report(models=["sdxl"])
     report("gpu1@elsewhere.test", models=["sdxl"])
     with pytest.raises(job_request.Refused) as refused:
         recipes.submit(user=alice, request=job_request.parse(
             {"prompt": "red circle", "model": "tiny", "steps": 4, "width": 32, "height": 32}))
     message = refused.value.errors["model"]
-    assert "“tiny”" in message and f"{ELSEWHERE}, gpu1@elsewhere.test" in message
+    assert "“tiny”" in message and "(2 workers up)" in message
+    # The workers' names are host names: for the operator's log, not for the user.
+    assert "elsewhere.test" not in message
+    assert f"{ELSEWHERE}, gpu1@elsewhere.test" in caplog.text
     assert refused.value.status(400) == 400
     assert not Job.objects.exists()
 
@@ -176,6 +179,22 @@ def test_a_claimed_job_this_worker_cannot_load_goes_back_untouched(alice, bob, t
     gone.refresh_from_db()
     assert (gone.status, gone.attempt, gone.worker) == ("queued", 0, "")
     assert services.job_claim_next(worker="w", can_run=served.can_run) is None
+
+
+@pytest.mark.parametrize("by_plan", [False, True], ids=["one-statement", "by-plan"])
+def test_any_number_of_orphaned_models_ahead_never_hide_a_job_this_worker_can_run(
+        settings, django_user_model, tiny, by_plan):
+    """Their only worker went away: eight users' oldest jobs for eight models nobody has, all
+    ahead of the one job this worker can run in the fair order."""
+    settings.STUDIO_BATCH_MAX = 4 if by_plan else 1
+    for number in range(8):
+        gone = submit(django_user_model.objects.create_user(f"user{number}"))
+        model = {**gone.recipe["model"], "name": f"gone{number}", "source": "/nonexistent/m"}
+        Job.objects.filter(pk=gone.pk).update(recipe={**gone.recipe, "model": model})
+    here = submit(django_user_model.objects.create_user("last"))
+    served = claims.ClaimFilter(mine=frozenset({"tiny"}), theirs=())
+    assert [job.pk for job in claims.claim(worker="w", holds=None, served=served)] == [here.pk]
+    assert Job.objects.filter(status="queued").count() == 8
 
 
 def test_a_claim_by_plan_keeps_to_the_models_too(settings, alice, bob, carol, tiny):

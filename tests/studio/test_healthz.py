@@ -22,6 +22,14 @@ ALL_OK = {"database": "ok", "redis": "ok", "storage": "ok"}
 SECONDS = health.DEADLINE + 1.5  # the slowest answer allowed for a dependency that hangs
 
 
+@pytest.fixture(autouse=True)
+def fresh_probes():
+    """Each test's settings are its own: no answer carries over from the test before."""
+    health.forget()
+    yield
+    health.forget()
+
+
 def healthz(client) -> tuple[int, dict, float]:
     started = time.monotonic()
     response = client.get("/healthz")
@@ -85,7 +93,10 @@ def test_requests_that_arrive_during_a_probe_share_it(monkeypatch):
     for thread in threads:
         thread.join()
     assert answers == [{"slow": "ok"}] * 5 and len(calls) == 1
-    health.report()  # the probe has ended: the next request probes afresh
+    health.report()  # within REUSE_SECONDS of its end: the same answer
+    assert len(calls) == 1
+    time.sleep(health.REUSE_SECONDS)
+    health.report()  # then the next request probes afresh
     assert len(calls) == 2
 
 
@@ -118,6 +129,7 @@ def test_a_stopped_store_is_a_503_naming_storage_within_seconds(client, settings
         assert healthz(client)[:2] == (200, ALL_OK)
     finally:
         store.stop()
+    health.forget()  # not the answer of a second ago
     status, body, seconds = healthz(client)
     assert status == 503 and body["storage"].startswith("error: ")
     assert (body["database"], body["redis"]) == ("ok", "ok")
