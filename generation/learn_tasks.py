@@ -1,33 +1,35 @@
 """The forward-process panel of /learn/ as queued work: a picture noised to 46 timesteps in
 one step each and decoded with the model's VAE (engine/forward_process.py), run by a GPU
-worker, never by the web process (docs/architecture.md §1).
+worker, never by the web process (docs/architecture.md §3.6).
 
 - **One computation per (user, model, source, seed)**, found again for an hour: the Django
   cache maps that key to a computation id. Asking again while it waits, runs or is done
   answers with it; asking again after it failed starts it anew.
-- **One in flight per user.** A request for another picture replaces one that has not
-  started (it is marked superseded, and its message does nothing), and is refused with 429
-  while one runs.
-- **State in Redis**, under the computation id, shared by the web and the worker (the
-  broker's Redis, as generation/workers.py reads it; the Django cache's keys are the web's
-  own, and a test run's carry a prefix its worker does not know): no entry yet means it
-  waits in the queue (or its worker loads the model); once the model is loaded the worker
-  claims it with SET NX (so a superseded one, or a message delivered twice, does nothing),
-  says after each frame how many it has decoded, and ends it done (the frames as WebP data:
-  URLs) or failed (the reason). Entries expire with the cache's key.
+- **A start per request, at most STUDIO_MAX_SUBMITS_PER_MINUTE a minute** (the jobs'
+  allowance), counted before anything sent is read: a refusal is a 429 with Retry-After.
+- **One in flight per user, one message in the queue per user.** A request for another
+  picture replaces one that has not started (it is marked superseded) and is refused with
+  429 while one runs. The user's latest wish is kept beside their one waiting message, which
+  computes whatever is wanted when a worker takes it (generation/learn_states.py).
+- **State in Redis**, under the computation id, shared by the web and the worker
+  (learn_states.py): no entry yet means it waits in the queue (or its worker loads the
+  model); once the model is loaded the worker claims it with SET NX, says after each frame
+  how many it has decoded, and ends it done (the frames as WebP data: URLs) or failed (the
+  reason). A worker that falls silent fails it (learn_states.RUNNING_SECONDS).
+- **Models per worker**: a worker loads its own copy of the model when the web server's
+  path is not on its host, as jobs do (runner._recipe); one that has no copy passes the
+  message on to the workers that list the model, or fails it saying why.
 - **Sources**: the demo model's own kind of picture (a red circle on blue, drawn by its
   dataset code), one of the user's images (an Output of their jobs), or an upload, checked
   and stored as img2img's inputs are (generation/request_images.py, inputs.py).
 """
 
-import functools
-import json
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass
 
-import redis
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -37,7 +39,8 @@ from django.db import transaction
 from studio.celery import app
 from studio.services import user_lock
 
-from . import engine, inputs, learn, registry, worker_registry
+from . import claims, engine, inputs, learn, registry, worker_registry
+from . import learn_states as states
 from .job_request import Refused
 from .models import InputImage, Output
 from .request_images import ImageData, typed
@@ -45,19 +48,17 @@ from .request_images import ImageData, typed
 log = logging.getLogger(__name__)
 
 FORWARD_TASK = "generation.learn_forward"
-# How long a computation is found again, and its frames kept.
-KEEP_SECONDS = 3600
-# A running computation says how far it got after each frame; without word for this long its
-# worker is presumed dead, and its user may start another.
-RUNNING_SECONDS = 300
-STATE_KEY = "studio:learn:forward:{}"
+KEEP_SECONDS = states.KEEP_SECONDS
 # The demo model's kind of picture: a caption of its dataset, drawn from its seed.
 DEMO_PICTURE = ("red", "circle", "blue")
-WAITING, RUNNING, DONE, FAILED, SUPERSEDED = "queued", "running", "done", "failed", "superseded"
 
 
 class PictureGone(Exception):
     """The image or upload chosen is no longer the user's (deleted since)."""
+
+
+class ModelNotHere(Exception):
+    """Neither this worker nor another that is up can load the model."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,30 @@ class Forward:
     @property
     def key(self) -> str:
         return f"learn:forward:{self.user_id}:{self.model}:{self.source.token}:{self.seed}"
+
+
+def forward_allowed(user) -> None:
+    """Count a start; Refused (429) past the jobs' allowance a minute. Call it before the
+    request is read: an upload is decoded and stored, and a start may send a message."""
+    per_minute = settings.STUDIO_MAX_SUBMITS_PER_MINUTE
+    minute, left = _minute()
+    key = f"learn:forward-starts:{user.pk}:{minute}"
+    cache.add(key, 0, timeout=120)
+    try:
+        count = cache.incr(key)
+    except ValueError:  # expired between the two calls
+        count = 1
+        cache.set(key, count, timeout=120)
+    if count > per_minute:
+        raise Refused({"__all__": f"You asked for more than {per_minute} forward processes "
+                                  f"this minute (the limit). Try again in {left} s."},
+                      retry_after=left)
+
+
+def _minute() -> tuple[int, int]:
+    """This minute's number, and the whole seconds left in it (at least 1)."""
+    now = time.time()
+    return int(now // 60), max(math.ceil(60 - now % 60), 1)
 
 
 def forward_request(*, user, data, upload=None, starting: bool = True) -> Forward:
@@ -142,7 +167,7 @@ def _stored_upload(user, upload) -> Source:
     """The upload checked as an img2img input is (its size before it is read, its pixels'
     count from its header) and kept as the user's input image, once per picture. Not while
     another of theirs runs: it would be refused after the upload was stored."""
-    if _running(_busy(user.pk)):
+    if states.running(_busy(user.pk)):
         raise _one_at_a_time()
     try:
         image = typed(ImageData, upload)
@@ -160,23 +185,25 @@ def _stored_upload(user, upload) -> Source:
 
 
 def forward_start(request: Forward) -> dict:
-    """The computation's state, started now unless it waits, runs or is done already.
-    Refused (429) while another of the user's runs."""
+    """The computation's state, started now unless it waits, runs or is done already: it
+    becomes the user's wanted one, and a message is sent unless one of theirs waits in the
+    queue already (it will compute this one). Refused (429) while another of theirs runs."""
     found = cache.get(request.key)
     if found is not None:
-        state = _state(found["id"])
-        if state is None or state["status"] in (RUNNING, DONE):
+        state = states.state(found["id"])
+        if state is None or state["status"] in (states.RUNNING, states.DONE):
             return _present(request, found, state)
-    _make_room(request.user_id)
+    busy = _busy(request.user_id)
+    if not states.supersede(busy) and states.running(busy):
+        raise _one_at_a_time()
     pointer = {"id": uuid.uuid4().hex, "queued": time.time()}
     cache.set(request.key, pointer, KEEP_SECONDS)
-    cache.set(_busy_key(request.user_id), pointer["id"], KEEP_SECONDS)
-    message = {"computation": pointer["id"], "user_id": request.user_id, "model": request.model,
-               "model_source": request.model_source, "source": request.source.token,
-               "seed": request.seed}
-    # Sent by name, on this deployment's queue, as services.dispatch sends jobs.
-    transaction.on_commit(lambda: app.send_task(
-        FORWARD_TASK, kwargs=message, queue=settings.STUDIO_QUEUE, ignore_result=True))
+    wish = {"computation": pointer["id"], "user_id": request.user_id, "model": request.model,
+            "model_source": request.model_source, "source": request.source.token,
+            "seed": request.seed}
+    if states.want(request.user_id, wish):
+        # On commit: the worker reads an upload stored in this request's transaction.
+        transaction.on_commit(lambda: _send(request.user_id, pointer["id"]))
     return _present(request, pointer, None)
 
 
@@ -185,30 +212,21 @@ def forward_state(request: Forward) -> dict:
     found = cache.get(request.key)
     if found is None:
         return {"status": "none"}
-    return _present(request, found, _state(found["id"]))
+    return _present(request, found, states.state(found["id"]))
 
 
-def _make_room(user_id: int) -> None:
-    """The user's computation in flight, if any, replaced when it has not started."""
-    busy = _busy(user_id)
-    if busy is None or _claim(busy, {"status": SUPERSEDED}, KEEP_SECONDS):
-        return  # none, or it had not started: its message will find it superseded
-    if _running(busy):
-        raise _one_at_a_time()
-
-
-def _busy_key(user_id: int) -> str:
-    return f"learn:forward:{user_id}:busy"
+def _send(user_id: int, computation: str, countdown: float | None = None) -> None:
+    """The user's one message, by name, on this deployment's queue (as services.dispatch
+    sends jobs). `computation`: the wish it was sent for, shown with the task; the worker
+    computes the wish current when it runs, which may be a later one."""
+    app.send_task(FORWARD_TASK, kwargs={"user_id": user_id, "computation": computation},
+                  queue=settings.STUDIO_QUEUE, ignore_result=True, countdown=countdown)
 
 
 def _busy(user_id: int) -> str | None:
     """The id of the user's latest computation, whatever its state."""
-    return cache.get(_busy_key(user_id))
-
-
-def _running(computation: str | None) -> bool:
-    state = _state(computation) if computation else None
-    return state is not None and state["status"] == RUNNING
+    wish = states.wanted(user_id)
+    return wish["computation"] if wish else None
 
 
 def _one_at_a_time() -> Refused:
@@ -217,76 +235,77 @@ def _one_at_a_time() -> Refused:
 
 
 def _present(request: Forward, pointer: dict, state: dict | None) -> dict:
-    state = state or {"status": WAITING, "waiting": round(time.time() - pointer["queued"])}
+    state = state or {"status": states.WAITING, "waiting": round(time.time() - pointer["queued"])}
+    state = {key: value for key, value in state.items() if key != "at"}
     return {**state, "model": request.model, "source": request.source.token, "seed": request.seed}
-
-
-# --- The state in Redis, shared with the worker ---------------------------------------------
-
-
-@functools.cache
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
-
-
-def _state(computation: str) -> dict | None:
-    raw = _redis().get(STATE_KEY.format(computation))
-    return json.loads(raw) if raw else None
-
-
-def _claim(computation: str, state: dict, seconds: int) -> bool:
-    """Set the state, kept `seconds`, if it has none yet: the first of the worker and a
-    replacing request wins."""
-    return bool(_redis().set(STATE_KEY.format(computation), json.dumps(state), nx=True,
-                             ex=seconds))
-
-
-def _put(computation: str, state: dict, seconds: int) -> None:
-    _redis().set(STATE_KEY.format(computation), json.dumps(state), ex=seconds)
 
 
 # --- Running it, on a GPU worker --------------------------------------------------------------
 
 
 @shared_task(name=FORWARD_TASK, ignore_result=True)
-def forward_process(*, computation: str, user_id: int, model: str, model_source: str,
-                    source: str, seed: int) -> str:
-    """Compute one forward process (``forward_run``); its state is its result."""
-    return forward_run(computation=computation, user_id=user_id, model=model,
-                       model_source=model_source, source=source, seed=seed)
+def forward_process(*, user_id: int, computation: str = "", **_earlier) -> str:
+    """Compute the user's wanted forward process (``forward_run``); its state is its result.
+    `computation` (the wish it was sent for) and `_earlier` (the fields a message carried
+    before wishes were kept) are not read."""
+    return forward_run(user_id=user_id)
 
 
-def forward_run(*, computation: str, user_id: int, model: str, model_source: str,
-                source: str, seed: int) -> str:
-    """1. Nothing to do when it was superseded (or is another delivery's). 2. Read the
-       picture and load the model's pipeline, from this worker's cache as jobs do. 3. Claim
-       it. 4. Noise and decode it at the panel's timesteps, saying after each frame how many
-       are done (``running`` lapses RUNNING_SECONDS after the last word, so a worker that
-       died does not hold its user's turn for long). 5. Keep the frames, or why it failed."""
-    if _state(computation) is not None:
+def forward_run(*, user_id: int) -> str:
+    """1. Take the user's message: compute what they want now, nothing if another delivery
+       claimed it or a newer wish superseded it. 2. Find the model on this worker, or pass
+       the message on to a worker that has it. 3. Read the picture, load the model's pipeline
+       (from this worker's cache, as jobs do) and claim it. 4. Noise and decode it at the
+       panel's timesteps, saying after each frame how many are done. 5. Keep the frames, or
+       why it failed."""
+    wish = states.take(user_id)
+    if wish is None or states.state(wish["computation"]) is not None:
         return "not claimed"
+    computation, model = wish["computation"], wish["model"]
     claimed = False
     try:
-        picture = _picture(user_id, Source.parse(source))
+        model_source = _model_source(model, wish["model_source"])
+        if model_source is None:
+            if _pass_on(user_id, computation, model):
+                return "passed on"
+            raise ModelNotHere(model)
+        picture = _picture(user_id, Source.parse(wish["source"]))
         device, dtype = registry.device()
         pipe = engine.load_pipeline(model_source, device=device, dtype=dtype,
                                     **registry.model_memory())
-        claimed = _claim(computation, _progress(0, 0), RUNNING_SECONDS)
+        claimed = states.claim(computation, states.progress(0, 0))
         if not claimed:
             return "not claimed"
-        state = _frames(computation, pipe, picture, seed)
+        state = _frames(computation, pipe, picture, wish["seed"])
     except Exception as exc:  # every failure ends it, with its reason kept
         log.exception("forward process %s of %s failed", computation, model)
-        state = {"status": FAILED, "error": failure_reason(exc)}
+        state = {"status": states.FAILED, "error": failure_reason(exc)}
     if claimed:
-        _put(computation, state, KEEP_SECONDS)
+        states.put(computation, state)
     else:  # failed before its claim: unless it was superseded meanwhile
-        _claim(computation, state, KEEP_SECONDS)
+        states.claim(computation, state)
     return state["status"]
 
 
-def _progress(done: int, total: int) -> dict:
-    return {"status": RUNNING, "done": done, "total": total}
+def _model_source(model: str, source: str) -> str | None:
+    """Where this worker loads the model from: the web server's source when this host has
+    it, else this worker's own copy of that name (as runner._recipe does for jobs); None
+    when it has neither."""
+    if worker_registry.loadable(source):
+        return source
+    own = registry.models().get(model)
+    return own if own is not None and worker_registry.loadable(own) else None
+
+
+def _pass_on(user_id: int, computation: str, model: str) -> bool:
+    """Send the user's message on, after claims.PASS_ON_SECONDS, when another worker taking
+    jobs lists the model (as claims.pass_on does for jobs); True if it is theirs to run."""
+    served = claims.claim_filter()
+    if served is None or model not in served.theirs:
+        return False
+    if states.send_again(user_id, computation):
+        _send(user_id, computation, countdown=claims.PASS_ON_SECONDS)
+    return True
 
 
 def _frames(computation: str, pipe, picture, seed: int) -> dict:
@@ -294,10 +313,10 @@ def _frames(computation: str, pipe, picture, seed: int) -> dict:
     timesteps, strip = learn.forward_timesteps(len(engine.scheduler_alpha_bars(pipe)))
     frames = engine.forward_frames(
         pipe, picture, timesteps=timesteps, seed=seed, threads=registry.threads(),
-        on_frame=lambda done, total: _put(computation, _progress(done, total), RUNNING_SECONDS))
+        on_frame=lambda done, total: states.put(computation, states.progress(done, total)))
     return {
-        "status": DONE, "steps": frames.train_steps, "size": frames.size, "strip": strip,
-        "seconds": round(frames.seconds, 2),
+        "status": states.DONE, "steps": frames.train_steps, "size": frames.size,
+        "strip": strip, "seconds": round(frames.seconds, 2),
         "frames": [{"t": t, "alpha_bar": a, "image": engine.frame_data_url(image)} for t, a, image
                    in zip(frames.timesteps, frames.alpha_bars, frames.images, strict=True)],
     }
@@ -327,6 +346,9 @@ def failure_reason(exc: Exception) -> str:
         return f"It took longer than the {settings.CELERY_TASK_SOFT_TIME_LIMIT} s time limit."
     if isinstance(exc, PictureGone):
         return "The picture is no longer stored: it was deleted since it was chosen."
+    if isinstance(exc, ModelNotHere):
+        return (f"No worker that is up can load the model “{exc}”: the one that took this "
+                "does not have it, and none that has it takes work now.")
     if isinstance(exc, engine.InputError):
         return f"The picture {exc}."
     if isinstance(exc, engine.ModelLoadError):

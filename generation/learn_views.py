@@ -62,9 +62,12 @@ def learn_page(request):
 def forward(request):
     """The forward-process panel's computation: POST starts it (or finds it, or stores an
     upload as its picture), GET reads how it stands; both answer its state as JSON, 404
-    when there is none. A refusal names its field (429 while another of the user's runs)."""
+    when there is none. A refusal names its field (429 while another of the user's runs,
+    or past the starts a minute allows: counted before the request's fields are read)."""
     posted = request.method == "POST"
     try:
+        if posted:
+            learn_tasks.forward_allowed(request.user)
         asked = learn_tasks.forward_request(
             user=request.user, data=request.POST if posted else request.GET,
             upload=request.FILES.get("image") if posted else None, starting=posted)

@@ -357,6 +357,11 @@ def s3_media(settings, s3_server, tmp_path) -> S3Media:
     """This process (and a live server in it) keeps media in the S3 store for the test; its
     MEDIA_ROOT is an empty folder of its own. Workers get `env`."""
     env = s3_server.env(S3_BUCKET)
+    # The bucket lives for the session: each test starts with it empty, as it checks what
+    # its own jobs wrote.
+    client = s3_server.client()
+    for key in s3_server.keys(S3_BUCKET):
+        client.delete_object(Bucket=S3_BUCKET, Key=key)
     settings.STORAGES = {**settings.STORAGES, "default": storage_setting(env)}
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.MEDIA_ROOT.mkdir()

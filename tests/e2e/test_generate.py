@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from django.conf import settings
 
@@ -158,24 +160,29 @@ def test_after_a_reload_the_panel_resumes_the_running_job_and_rows_cancel(
 
 def test_a_waiting_job_shows_its_place_as_the_queue_moves(studio_server, page, alice, bob):
     """No worker runs: the jobs wait, and the page hears every change to their order."""
+    from django.conf import settings
     from playwright.sync_api import expect
+    from redis import Redis
 
-    from generation import recipes, services
+    from generation import recipes, services, worker_registry
 
     def queue(user):
         recipe = recipes.recipe_from_params({"prompt": "a red circle", "steps": 4})
         return services.job_submit(user=user, recipe=recipe)
 
+    # No worker reports (one another test killed would, for 45 s): the page says so too.
+    Redis.from_url(settings.CELERY_BROKER_URL).delete(*worker_registry.keys())
+    worker_registry.withdraw("nobody@nowhere")  # and this process reads it again
     earlier = queue(alice)
     log_in(page, studio_server, "alice")
     page.fill("#id_prompt", "a blue square")
     page.get_by_role("button", name="Generate").click()
     status = page.locator("#status-text")
-    expect(status).to_have_text("Queued — 1 ahead of you")
+    expect(status).to_have_text("Queued — 1 ahead of you (waiting: no worker is up)")
     queue(bob)  # bob's turn comes before alice's second job
-    expect(status).to_have_text("Queued — 2 ahead of you")
+    expect(status).to_have_text("Queued — 2 ahead of you (waiting: no worker is up)")
     services.job_cancel(job=earlier, actor=alice)
-    expect(status).to_have_text("Queued — next up")
+    expect(status).to_have_text("Queued — next up (waiting: no worker is up)")
 
 
 def test_the_page_says_when_a_job_waits_for_its_model_to_load(studio_server, page, alice):
@@ -196,7 +203,8 @@ def test_the_page_says_when_a_job_waits_for_its_model_to_load(studio_server, pag
     page.fill("#id_steps", "4")
     page.get_by_role("button", name="Generate").click()
     status = page.locator("#status-text")
-    expect(status).to_have_text("Queued — next up")  # the page watches before any worker runs
+    # The page watches before any worker runs.
+    expect(status).to_have_text(re.compile(r"^Queued — next up"))
     worker = Worker(env={"STUDIO_WORKER_PRELOAD": "0"})
     worker.start()
     try:

@@ -1,135 +1,25 @@
 """The /learn/ page's forward process: x_t = √ᾱ_t·x₀ + √(1 − ᾱ_t)·ε in the model's latent
 space, in one step from the VAE's x₀ (generation/engine/forward_process.py), and its door: who
-may start one, on which picture, one in flight per user, run by a real worker."""
+may start one, how often, on which picture, one in flight and one message in the queue per
+user; a worker that has the model computes it, one whose worker fell silent fails; run by a
+real worker."""
 
-import io
+import json
 import time
+import uuid
 
-import numpy as np
 import pytest
-import torch
-from diffusers import DDPMScheduler
 from django.core.files.base import ContentFile
 from django.urls import reverse
 from PIL import Image
 
-from generation import learn, learn_tasks, worker_registry
-from generation.engine import forward_process as fp
-from generation.engine.image_runs import decode
+from generation import learn, learn_states, learn_tasks, worker_registry
 from generation.models import Job, Output
 
 from ..conftest import Worker
 from .conftest import picture, png_bytes
 
 URL = "/learn/forward/"
-
-
-def correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson's r over all values, the mean of each channel (an image's last axis; a flat
-    array is one channel) taken out first."""
-    axes = tuple(range(max(a.ndim - 1, 1)))
-    a, b = a - a.mean(axis=axes), b - b.mean(axis=axes)
-    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
-
-
-def pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image, dtype=np.float64)
-
-
-def latents(pipe, seed: int = 0):
-    """x₀ of the test picture and the noise the engine draws for `seed`."""
-    x0 = fp.encode(pipe, picture(), fp.pipeline_spec(pipe).native_size)
-    noise = torch.randn(x0.shape, generator=torch.Generator("cpu").manual_seed(seed))
-    return x0, noise
-
-
-# --- The engine -------------------------------------------------------------------------------
-
-
-def test_x_t_is_what_diffusers_add_noise_makes_from_the_schedule(tiny_pipeline):
-    x0, noise = latents(tiny_pipeline)
-    alpha_bars = fp.scheduler_alpha_bars(tiny_pipeline)
-    ddpm = DDPMScheduler.from_config(tiny_pipeline.scheduler.config)
-    for t in (0, 1, 250, 500, 999):
-        expected = ddpm.add_noise(x0, noise, torch.tensor([t]))
-        torch.testing.assert_close(fp.noised(x0, noise, float(alpha_bars[t])), expected,
-                                   atol=1e-5, rtol=1e-5)
-
-
-def test_the_schedule_is_the_models_own(tiny_pipeline):
-    from generation.engine import load_spec
-
-    config = load_spec(tiny_pipeline.name_or_path).scheduler_config
-    ours = learn.model_schedule("tiny", config).alpha_bar
-    np.testing.assert_allclose(fp.scheduler_alpha_bars(tiny_pipeline).numpy(), ours, atol=2e-6)
-
-
-def test_at_the_last_timestep_x_t_is_nearly_all_noise(tiny_pipeline):
-    x0, noise = latents(tiny_pipeline)
-    last = float(fp.scheduler_alpha_bars(tiny_pipeline)[-1])
-    x_t = fp.noised(x0, noise, last).numpy().ravel()
-    assert abs(correlation(x_t, x0.numpy().ravel())) < 0.05
-    assert correlation(x_t, noise.numpy().ravel()) > 0.999
-
-
-def test_at_t_0_the_frame_is_the_vae_round_trip_of_the_picture(tiny_pipeline):
-    frames = fp.forward_frames(tiny_pipeline, picture(), timesteps=[0, 999], seed=3)
-    with torch.no_grad():
-        round_trip = decode(tiny_pipeline, fp.encode(tiny_pipeline, picture(), frames.size))[0]
-    first, last = (np.abs(pixels(image) - pixels(round_trip)).mean() for image in frames.images)
-    assert first < 3  # levels of 255: ᾱ_0 leaves 0.6% of ε's scale
-    assert first < last / 5
-
-
-def test_the_same_seed_gives_the_same_frames_and_another_seed_others(tiny_pipeline):
-    def frames(seed: int) -> list[bytes]:
-        run = fp.forward_frames(tiny_pipeline, picture(), timesteps=[0, 500, 999], seed=seed)
-        return [image.tobytes() for image in run.images]
-
-    first = frames(7)
-    assert frames(7) == first
-    other = frames(8)
-    assert other[1:] != first[1:]
-
-
-def test_the_picture_is_cropped_to_a_square_of_the_models_native_size(tiny_pipeline):
-    done = []
-    frames = fp.forward_frames(tiny_pipeline, picture(48, 20), timesteps=[0, 999], seed=0,
-                                on_frame=lambda k, total: done.append((k, total)))
-    assert frames.size == fp.pipeline_spec(tiny_pipeline).native_size == 32
-    assert [image.size for image in frames.images] == [(32, 32)] * 2
-    assert frames.timesteps == [0, 999] and frames.train_steps == 1000
-    assert frames.alpha_bars[0] > 0.99 > 1e-3 > frames.alpha_bars[1]
-    assert done == [(1, 2), (2, 2)]
-
-
-def test_a_timestep_outside_the_schedule_is_refused(tiny_pipeline):
-    with pytest.raises(ValueError, match="outside 0 … 999"):
-        fp.forward_frames(tiny_pipeline, picture(), timesteps=[0, 1000], seed=0)
-
-
-def test_frames_are_sent_as_small_webp_data_urls():
-    url = fp.frame_data_url(Image.new("RGB", (512, 300), "red"))
-    image = Image.open(io.BytesIO(__import__("base64").b64decode(url.split(",", 1)[1])))
-    assert url.startswith("data:image/webp;base64,")
-    assert (image.format, image.size) == ("WEBP", (256, 150))
-
-
-def test_the_demo_models_circle_dissolves_into_noise(demo_pipeline):
-    circle = learn_tasks._picture(0, learn_tasks.Source("demo"))
-    frames = fp.forward_frames(demo_pipeline, circle, timesteps=[0, 500, 999], seed=0)
-    start, middle, end = (correlation(pixels(i), pixels(circle)) for i in frames.images)
-    assert start > 0.95
-    assert abs(end) < 0.3
-    assert start > middle > end
-
-
-def test_the_panel_computes_46_frames_with_the_strip_of_ten_among_them():
-    frames, strip = learn.forward_timesteps(1000)
-    assert len(frames) == 46 and frames[0] == 0 and frames[-1] == 999
-    assert [frames[k] for k in strip] == [0, 111, 222, 333, 444, 555, 666, 777, 888, 999]
-    short, strip = learn.forward_timesteps(12)
-    assert short == list(range(12)) and len(strip) == 10
 
 
 # --- The door -----------------------------------------------------------------------------
@@ -210,6 +100,37 @@ def test_an_upload_is_checked_before_it_is_read(client, alice, media, settings):
     response = client.post(URL, {"image": big})
     assert response.status_code == 400
     assert "pixels" in response.json()["errors"]["image"]
+    settings.STUDIO_INPUT_MAX_BYTES = 100
+    heavy = ContentFile(png_bytes(picture(8, 8)) + b"\0" * 100, name="heavy.png")
+    response = client.post(URL, {"image": heavy})
+    assert response.status_code == 400
+    assert "the most is 100" in response.json()["errors"]["image"]
+    assert not alice.input_images.exists()
+
+
+@pytest.mark.django_db
+def test_starts_past_the_jobs_allowance_a_minute_are_refused_before_anything_is_read(
+    client, alice, bob, media, settings, monkeypatch, celery_queue,
+    django_capture_on_commit_callbacks
+):
+    settings.STUDIO_MAX_SUBMITS_PER_MINUTE = 2
+    monkeypatch.setattr(learn_tasks, "_minute", lambda: (12345, 17))
+    client.force_login(alice)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.post(URL, {"seed": "1"}).status_code == 200
+        assert client.post(URL, {"seed": "2"}).status_code == 200
+        upload = ContentFile(png_bytes(picture()), name="mine.png")
+        refused = client.post(URL, {"seed": "3", "image": upload})
+        assert client.post(URL, {"seed": "x"}).status_code == 429  # before its fields too
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "17"
+    assert "more than 2 forward processes this minute" in refused.json()["errors"]["__all__"]
+    assert not alice.input_images.exists()  # never decoded nor stored
+    assert celery_queue.backlog() == 1
+    assert client.get(URL, {"seed": "2"}).json()["status"] == "queued"  # reading is free
+    monkeypatch.setattr(learn_tasks, "_minute", lambda: (12346, 60))
+    assert client.post(URL, {"seed": "2"}).status_code == 200  # the next minute's
+    client.force_login(bob)
+    assert client.post(URL, {"seed": "1"}).status_code == 200  # each user has their own
 
 
 @pytest.mark.django_db
@@ -230,26 +151,38 @@ def test_a_start_waits_in_the_queue_and_is_found_again(
     assert unknown.status_code == 404 and unknown.json() == {"status": "none"}
 
 
+def computation_of(user, seed: int) -> str:
+    return learn_tasks.cache.get(
+        learn_tasks.forward_request(user=user, data={"seed": str(seed)}).key)["id"]
+
+
 @pytest.mark.django_db
-def test_another_picture_replaces_one_that_has_not_started(
-    client, alice, celery_queue, django_capture_on_commit_callbacks
+def test_another_picture_replaces_one_that_waits_and_its_message_computes_the_latest(
+    client, alice, bob, celery_queue, django_capture_on_commit_callbacks
 ):
     client.force_login(alice)
     with django_capture_on_commit_callbacks(execute=True):
-        client.post(URL, {"source": "demo", "seed": "1"})
-        client.post(URL, {"source": "demo", "seed": "2"})
-    assert client.get(URL, {"seed": "1"}).json()["status"] == "superseded"
-    assert client.get(URL, {"seed": "2"}).json()["status"] == "queued"
-    assert celery_queue.backlog() == 2  # the first's message will find it superseded
+        for seed in range(1, 6):
+            assert client.post(URL, {"source": "demo", "seed": str(seed)}).status_code == 200
+    assert [client.get(URL, {"seed": str(seed)}).json()["status"] for seed in range(1, 6)] \
+        == ["superseded"] * 4 + ["queued"]
+    assert celery_queue.backlog() == 1  # one message waits, whatever the user asked since
+    # A worker takes it: it computes the latest wish, and the next one needs a message again.
+    assert learn_states.take(alice.pk)["computation"] == computation_of(alice, 5)
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(URL, {"seed": "6"})
+        client.post(URL, {"seed": "7"})
+        client.force_login(bob)
+        client.post(URL, {"seed": "1"})
+    assert celery_queue.backlog() == 3  # alice's two, bob's own
+    assert client.get(URL, {"seed": "1"}).json()["status"] == "queued"
 
 
 @pytest.mark.django_db
 def test_one_forward_process_runs_at_a_time_per_user(client, alice, bob, media):
     client.force_login(alice)
     client.post(URL, {"seed": "1"})
-    started = learn_tasks.forward_request(user=alice, data={"seed": "1"})
-    computation = learn_tasks.cache.get(started.key)["id"]
-    assert learn_tasks._claim(computation, learn_tasks._progress(0, 0), 60)  # a worker's
+    assert learn_states.claim(computation_of(alice, 1), learn_states.progress(0, 0))
     refused = client.post(URL, {"seed": "2"})
     assert refused.status_code == 429 and refused.headers["Retry-After"] == "3"
     assert set(refused.json()["errors"]) == {"source"}
@@ -262,23 +195,51 @@ def test_one_forward_process_runs_at_a_time_per_user(client, alice, bob, media):
 
 
 @pytest.mark.django_db
-def test_a_superseded_computation_does_nothing_on_the_worker_and_a_failed_one_starts_again(
+def test_a_message_whose_wish_was_claimed_does_nothing_and_a_failed_one_starts_again(
     client, alice
 ):
     client.force_login(alice)
     client.post(URL, {"seed": "1"})
-    computation = learn_tasks.cache.get(
-        learn_tasks.forward_request(user=alice, data={"seed": "1"}).key)["id"]
+    first = computation_of(alice, 1)
     client.post(URL, {"seed": "2"})  # supersedes it
-    ran = learn_tasks.forward_run(computation=computation, user_id=alice.pk, model="m",
-                                  model_source="nowhere", source="demo", seed=1)
-    assert ran == "not claimed"
-    assert learn_tasks._state(computation) == {"status": "superseded"}
+    assert learn_states.state(first) == {"status": "superseded"}
+    wanted = computation_of(alice, 2)
+    assert learn_states.claim(wanted, learn_states.progress(0, 0))  # another delivery's
+    assert learn_tasks.forward_run(user_id=alice.pk) == "not claimed"
+    assert learn_states.state(wanted)["status"] == "running"
 
-    learn_tasks._put(computation, {"status": "failed", "error": "e"}, 60)
-    assert client.get(URL, {"seed": "1"}).json()["status"] == "failed"
-    again = client.post(URL, {"seed": "1"}).json()
+    learn_states.put(wanted, {"status": "failed", "error": "e"})
+    assert client.get(URL, {"seed": "2"}).json()["status"] == "failed"
+    again = client.post(URL, {"seed": "2"}).json()
     assert again["status"] == "queued"
+    assert computation_of(alice, 2) != wanted
+
+
+@pytest.mark.django_db
+def test_a_computation_whose_worker_fell_silent_fails_and_starts_again(
+    client, alice, monkeypatch
+):
+    """Written as a worker writes it (claim, a frame's report), then silent for longer than
+    RUNNING_SECONDS: it reads as failed, never as waiting, and asking again starts it."""
+    monkeypatch.setattr(learn_states, "RUNNING_SECONDS", 1)
+    client.force_login(alice)
+    client.post(URL, {"seed": "1"})
+    computation = computation_of(alice, 1)
+    assert learn_states.take(alice.pk)["computation"] == computation
+    assert learn_states.claim(computation, learn_states.progress(0, 0))
+    learn_states.put(computation, learn_states.progress(5, 46))
+    running = client.get(URL, {"seed": "1"}).json()
+    assert running == {"status": "running", "done": 5, "total": 46, "model": "studio-demo",
+                       "source": "demo", "seed": 1}
+    time.sleep(1.2)
+    failed = client.get(URL, {"seed": "1"}).json()
+    assert failed["status"] == "failed"
+    assert failed["error"] == ("The worker computing this stopped responding; show it again "
+                               "to retry.")
+    assert client.post(URL, {"seed": "2"}).status_code == 200  # it holds no turn
+    assert client.post(URL, {"seed": "1"}).json()["status"] == "queued"
+    assert computation_of(alice, 1) != computation
+    assert learn_states.wanted(alice.pk)["computation"] == computation_of(alice, 1)
 
 
 @pytest.mark.django_db
@@ -289,6 +250,62 @@ def test_the_page_offers_the_users_images_then_the_demo_picture(client, alice, b
     assert page.index(f'value="image:{mine.pk}"') < page.index('value="demo"')
     assert str(theirs.pk) not in page
     assert page.count("<span>t = ") == 10 and "<span>t = 999</span>" in page
+
+
+# --- Which worker computes it ---------------------------------------------------------------
+
+
+def wish(user, model: str, model_source: str) -> dict:
+    """A wish as a request writes it, for a model a request could not name here."""
+    return {"computation": uuid.uuid4().hex, "user_id": user.pk, "model": model,
+            "model_source": model_source, "source": "demo", "seed": 0}
+
+
+@pytest.mark.django_db
+def test_a_worker_loads_its_own_copy_of_a_model_the_web_server_found_elsewhere(alice, tiny):
+    """As a job's recipe does (runner._recipe): the web server's path is not on this host,
+    so the worker loads the model of that name from its own registry."""
+    wanted = wish(alice, tiny, "/srv/the-web-servers-disk/tiny")
+    learn_states.want(alice.pk, wanted)
+    assert learn_tasks.forward_run(user_id=alice.pk) == "done"
+    state = learn_states.state(wanted["computation"])
+    assert state["size"] == 32 and len(state["frames"]) == 46
+
+
+@pytest.fixture
+def a_worker_without_far(monkeypatch):
+    """This process as a worker taking jobs that cannot load the model "far", and another
+    worker up that lists it."""
+    here = worker_registry._ThisWorker(node="gpu0@here.test", holds=lambda source: False,
+                                       device="cpu", models={"studio-demo": "demo"})
+    monkeypatch.setattr(worker_registry, "_this", here)
+    worker_registry.report("gpu0@here.test", models=["studio-demo"], holds=[], device="cpu")
+    worker_registry.report("gpu1@elsewhere.test", models=["far"], holds=[], device="cuda")
+    yield
+    worker_registry.withdraw("gpu0@here.test")
+    worker_registry.withdraw("gpu1@elsewhere.test")
+
+
+@pytest.mark.django_db
+def test_a_worker_without_the_model_passes_it_on_to_one_that_has_it_or_fails_it(
+    alice, celery_queue, a_worker_without_far
+):
+    wanted = wish(alice, "far", "/srv/elsewhere/far")
+    assert learn_states.want(alice.pk, wanted)  # its message: the one this worker took
+    assert learn_tasks.forward_run(user_id=alice.pk) == "passed on"
+    assert learn_states.state(wanted["computation"]) is None  # it still waits
+    assert celery_queue.backlog() == 1
+    message = json.loads(celery_queue.redis.lindex(celery_queue.name, 0))
+    assert message["headers"]["task"] == learn_tasks.FORWARD_TASK
+    assert message["headers"]["eta"] is not None  # after a short delay, not at once
+    assert not learn_states.want(alice.pk, wanted)  # one message of theirs waits again
+
+    worker_registry.withdraw("gpu1@elsewhere.test")  # no worker up has it now
+    assert learn_tasks.forward_run(user_id=alice.pk) == "failed"
+    assert learn_states.state(wanted["computation"])["error"] == (
+        "No worker that is up can load the model “far”: the one that took this does not "
+        "have it, and none that has it takes work now.")
+    assert celery_queue.backlog() == 1
 
 
 # --- A real worker ------------------------------------------------------------------------
