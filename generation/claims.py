@@ -53,7 +53,8 @@ class ClaimFilter:
         """The models of queued jobs that this worker cannot load and no other worker up
         lists (their worker went away): passed by name in the claim statement, so any number
         of them at the head of the fair order never hides a job this worker can run. One
-        query over the queued jobs (a partial index), a stat call per model."""
+        query over the queued jobs (a partial index), a stat call per model; made only once a
+        claim met a job it cannot run (services.job_claim_next)."""
         queued = (Job.objects.filter(status=Job.Status.QUEUED)
                   .values_list("recipe__model__name", "recipe__model__source").distinct())
         return sorted({
@@ -93,7 +94,8 @@ def claim(*, worker: str, holds: Callable[[str], bool] | None,
 def _claim_args(served: ClaimFilter | None) -> dict:
     if served is None:
         return {}
-    return {"exclude_models": (*served.theirs, *served.orphaned()), "can_run": served.can_run}
+    return {"exclude_models": served.theirs, "can_run": served.can_run,
+            "orphaned": served.orphaned}
 
 
 # A worker passing on a message waits this long first: while the only workers that can run

@@ -142,7 +142,8 @@ def dispatch(job_id) -> None:
 
 
 def job_claim_next(*, worker: str, exclude_models: Sequence[str] = (),
-                   can_run: Callable[[dict], bool] | None = None) -> Job | None:
+                   can_run: Callable[[dict], bool] | None = None,
+                   orphaned: Callable[[], Sequence[str]] | None = None) -> Job | None:
     """Move the next job in fair order from queued to running, or return None if none waits.
 
     One statement locks the head of the fair queue (skipping a row another worker holds),
@@ -151,7 +152,9 @@ def job_claim_next(*, worker: str, exclude_models: Sequence[str] = (),
 
     A worker with a model list (claims.ClaimFilter) passes the jobs of `exclude_models` (other
     workers' models) and checks the job it claimed with `can_run(recipe)`: one it cannot run
-    goes back untouched (the claim rolled back) and the claim tries again without its model.
+    goes back untouched (the claim rolled back) and the claim tries again without its model,
+    and without every model `orphaned()` names (the queued jobs' models no worker can run
+    here), read only then: most claims never meet such a job.
     """
     now = timezone.now()
     sql, head_params = claim_statement()
@@ -168,6 +171,9 @@ def job_claim_next(*, worker: str, exclude_models: Sequence[str] = (),
                 return job
             transaction.set_rollback(True)
         excluded = [*excluded, (job.recipe.get("model") or {}).get("name")]
+        if orphaned is not None:
+            excluded += [name for name in orphaned() if name not in excluded]
+            orphaned = None
     return None
 
 
