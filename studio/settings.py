@@ -1,8 +1,8 @@
 """Studio's settings, read from environment variables with working local defaults.
 
-Every variable is listed in docs/configuration.md; the helpers that read them are
-studio/env.py. Local development needs none of
-them; production sets at least DEBUG=0, SECRET_KEY and ALLOWED_HOSTS.
+Every variable is listed in docs/configuration.md; the helpers that read them are in
+studio/env.py. Local development needs none of them; production sets at least DEBUG=0,
+SECRET_KEY and ALLOWED_HOSTS.
 https://docs.djangoproject.com/en/5.2/ref/settings/
 """
 
