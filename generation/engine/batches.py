@@ -34,13 +34,13 @@ from .sampling import (
     _fast,
     _latent_rgb,
     _prepared,
-    _prompt_dtype,
     _resolved,
     _tiled,
     _with_checked_hashes,
     pinned_threads,
+    stock_denoise,
 )
-from .seeds import initial_noise, seeded
+from .seeds import seeded
 from .specs import weights_hash
 from .stepper import OnStep, ShouldCancel, Stepper
 from .vae_tiling import decode_in_tiles
@@ -122,23 +122,7 @@ def _denoise(pipe: Pipeline, whole: Recipe, recipes: list[Recipe], stepper: Step
     """The stock text-to-image loop over the merged batch, to its final latents: each image
     from its own seed's noise and generator (as ``sampling._denoise`` draws a batch's)."""
     image_generators = seeded(r.seed + i for r in recipes for i in range(r.batch_size))
-    scale = pipe.vae_scale_factor
-    shape = (whole.batch_size, pipe.unet.config.in_channels,
-             whole.height // scale, whole.width // scale)
-    noise = initial_noise(shape, image_generators, subseed=0, subseed_strength=0.0,
-                          device=pipe.device, dtype=_prompt_dtype(pipe))
-    return pipe(
-        **_prompt_embeds(pipe, recipes),
-        height=whole.height,
-        width=whole.width,
-        num_inference_steps=whole.steps,
-        guidance_scale=whole.guidance_scale,
-        generator=image_generators,
-        latents=noise,
-        output_type="latent",
-        callback_on_step_end=stepper,
-        callback_on_step_end_tensor_inputs=stepper.tensor_inputs,
-    ).images
+    return stock_denoise(pipe, whole, stepper, _prompt_embeds(pipe, recipes), image_generators)
 
 
 def _prompt_embeds(pipe: Pipeline, recipes: list[Recipe]) -> dict[str, torch.Tensor]:

@@ -252,26 +252,33 @@ def _latent_rgb(recipe: Recipe, pipe: Pipeline, preview: Previews | None) -> Lat
 def _denoise(pipe: Pipeline, recipe: Recipe, stepper: Stepper) -> torch.Tensor:
     """The stock text-to-image pipeline's denoising loop, from this recipe's noise, to the
     final latents."""
-    image_generators = generators(recipe.seed, recipe.batch_size)
+    prompts = {"prompt": recipe.prompt, "negative_prompt": recipe.negative_prompt or None,
+               "num_images_per_prompt": recipe.batch_size}
+    return stock_denoise(pipe, recipe, stepper, prompts,
+                         generators(recipe.seed, recipe.batch_size),
+                         subseed=recipe.subseed, subseed_strength=recipe.subseed_strength)
+
+
+def stock_denoise(pipe: Pipeline, recipe: Recipe, stepper: Stepper, prompts: dict,
+                  image_generators: list[torch.Generator], *, subseed: int = 0,
+                  subseed_strength: float = 0.0) -> torch.Tensor:
+    """One stock text-to-image call at `recipe`'s size, steps and guidance, to the final
+    latents: each image's noise drawn from its own generator (one per image, in batch
+    order), `prompts` as the pipeline takes them (the texts, or embeddings:
+    batches.generate_batch encodes each job's alone)."""
     scale = pipe.vae_scale_factor
-    shape = (
-        recipe.batch_size,
-        pipe.unet.config.in_channels,
-        recipe.height // scale,
-        recipe.width // scale,
-    )
+    shape = (len(image_generators), pipe.unet.config.in_channels,
+             recipe.height // scale, recipe.width // scale)
     noise = initial_noise(
         shape,
         image_generators,
-        subseed=recipe.subseed,
-        subseed_strength=recipe.subseed_strength,
+        subseed=subseed,
+        subseed_strength=subseed_strength,
         device=pipe.device,
         dtype=_prompt_dtype(pipe),  # what the stock pipeline draws in
     )
     return pipe(
-        prompt=recipe.prompt,
-        negative_prompt=recipe.negative_prompt or None,
-        num_images_per_prompt=recipe.batch_size,
+        **prompts,
         height=recipe.height,
         width=recipe.width,
         num_inference_steps=recipe.steps,
