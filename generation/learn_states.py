@@ -1,5 +1,5 @@
 """The forward process's shared state (generation/learn_tasks.py): what the web process and
-the workers both read and write, in the broker's Redis (as generation/workers.py reads it:
+the workers both read and write, in the broker's Redis (generation/broker.py:
 the Django cache's keys are the web's own, and a test run's carry a prefix its worker does
 not know). Keys carry the deployment's queue, as the worker registry's do, so deployments
 and test runs that share a Redis never meet.
@@ -20,12 +20,12 @@ marks a message sent (SET NX); a worker clears the mark and then reads the wish.
 written after the worker's read found the mark cleared, and sent a message of its own.
 """
 
-import functools
 import json
 import time
 
-import redis
 from django.conf import settings
+
+from .broker import broker_client
 
 # How long a computation is found again, and its frames and state kept.
 KEEP_SECONDS = 3600
@@ -34,11 +34,6 @@ KEEP_SECONDS = 3600
 RUNNING_SECONDS = 300
 WAITING, RUNNING, DONE, FAILED, SUPERSEDED = "queued", "running", "done", "failed", "superseded"
 STOPPED = "The worker computing this stopped responding; show it again to retry."
-
-
-@functools.cache
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
 
 
 def _key(*parts) -> str:
@@ -51,7 +46,7 @@ def _key(*parts) -> str:
 def state(computation: str) -> dict | None:
     """The computation's state, None while it waits; a ``running`` one whose worker fell
     silent reads as failed (STOPPED)."""
-    raw = _redis().get(_key(computation))
+    raw = broker_client().get(_key(computation))
     found = json.loads(raw) if raw else None
     if found and found["status"] == RUNNING and time.time() - found["at"] > RUNNING_SECONDS:
         return {"status": FAILED, "error": STOPPED}
@@ -72,11 +67,11 @@ def progress(done: int, total: int) -> dict:
 def claim(computation: str, new: dict) -> bool:
     """Set the state if it has none yet: the first of the worker and a replacing request
     wins. Kept KEEP_SECONDS, so a claimed computation never reads as waiting again."""
-    return bool(_redis().set(_key(computation), json.dumps(new), nx=True, ex=KEEP_SECONDS))
+    return bool(broker_client().set(_key(computation), json.dumps(new), nx=True, ex=KEEP_SECONDS))
 
 
 def put(computation: str, new: dict) -> None:
-    _redis().set(_key(computation), json.dumps(new), ex=KEEP_SECONDS)
+    broker_client().set(_key(computation), json.dumps(new), ex=KEEP_SECONDS)
 
 
 def supersede(computation: str | None) -> bool:
@@ -90,7 +85,7 @@ def supersede(computation: str | None) -> bool:
 
 def wanted(user_id: int) -> dict | None:
     """The computation the user asked for last (``want``'s `wish`), whatever its state."""
-    raw = _redis().get(_key("user", user_id, "wanted"))
+    raw = broker_client().get(_key("user", user_id, "wanted"))
     return json.loads(raw) if raw else None
 
 
@@ -99,7 +94,7 @@ def want(user_id: int, wish: dict) -> bool:
     user's wanted computation; True when a message must be sent for it, none of theirs
     waiting in the queue. A wish this one replaced that another request wrote meanwhile
     is superseded here, so it does not wait forever."""
-    pipe = _redis().pipeline(transaction=True)  # in order: the wish, then the mark
+    pipe = broker_client().pipeline(transaction=True)  # in order: the wish, then the mark
     pipe.set(_key("user", user_id, "wanted"), json.dumps(wish), ex=KEEP_SECONDS, get=True)
     pipe.set(_key("user", user_id, "sent"), wish["computation"], nx=True, ex=KEEP_SECONDS)
     replaced, sent = pipe.execute()
@@ -111,7 +106,7 @@ def want(user_id: int, wish: dict) -> bool:
 def take(user_id: int) -> dict | None:
     """A worker took the user's message: none of theirs waits in the queue any more. The
     wish to compute now (None when there is none)."""
-    pipe = _redis().pipeline(transaction=True)  # in order: the mark, then the wish
+    pipe = broker_client().pipeline(transaction=True)  # in order: the mark, then the wish
     pipe.delete(_key("user", user_id, "sent"))
     pipe.get(_key("user", user_id, "wanted"))
     _, raw = pipe.execute()
@@ -121,5 +116,5 @@ def take(user_id: int) -> dict | None:
 def send_again(user_id: int, computation: str) -> bool:
     """Mark a message of the user's sent again (a worker passing theirs on); False when a
     request sent one meanwhile, which serves the same wish."""
-    return bool(_redis().set(_key("user", user_id, "sent"), computation, nx=True,
+    return bool(broker_client().set(_key("user", user_id, "sent"), computation, nx=True,
                              ex=KEEP_SECONDS))

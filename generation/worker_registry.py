@@ -37,6 +37,7 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub import snapshot_download
 
 from . import registry
+from .broker import broker_client
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +55,6 @@ def keys() -> tuple[str, str]:
     """The registry's two hashes: the entries, and the draining marks."""
     base = f"studio:workers:{settings.STUDIO_QUEUE}"
     return base, f"{base}:draining"
-
-
-_clients: dict[int, redis.Redis] = {}
-
-
-def _redis() -> redis.Redis:
-    """This process's client, made in it (a forked child makes its own). Short timeouts: a
-    submit waits on it."""
-    pid = os.getpid()
-    if pid not in _clients:
-        _clients.clear()
-        _clients[pid] = redis.Redis.from_url(
-            settings.CELERY_BROKER_URL, socket_timeout=2, socket_connect_timeout=2,
-            decode_responses=True)
-    return _clients[pid]
 
 
 # --- Reading ------------------------------------------------------------------------------
@@ -90,7 +76,7 @@ def live_workers() -> list[dict]:
          "filesystem": "2049:2"}     # which files it sees (shares_this_disk)
     """
     base, draining_key = keys()
-    pipe = _redis().pipeline(transaction=False)
+    pipe = broker_client().pipeline(transaction=False)
     pipe.hgetall(base)
     pipe.hgetall(draining_key)
     entries, draining = pipe.execute()
@@ -296,7 +282,7 @@ def report(node: str, *, models, holds, device: str, seen: float | None = None,
              "pid": os.getpid(), "filesystem": filesystem() if root is None else root,
              "seen": time.time() if seen is None else seen}
     base, _ = keys()
-    pipe = _redis().pipeline(transaction=False)
+    pipe = broker_client().pipeline(transaction=False)
     pipe.hset(base, node, json.dumps(entry))
     pipe.expire(base, FORGET_SECONDS)
     pipe.hgetall(base)
@@ -316,7 +302,7 @@ def _forget_stale(entries: dict[str, str]) -> None:
             gone.append(name)
     if gone:
         base, draining = keys()
-        pipe = _redis().pipeline(transaction=False)
+        pipe = broker_client().pipeline(transaction=False)
         pipe.hdel(base, *gone)
         pipe.hdel(draining, *gone)
         pipe.execute()
@@ -333,7 +319,7 @@ def withdraw(node: str) -> None:
     """Delete the worker's entry and mark, as it stops cleanly."""
     base, draining = keys()
     try:
-        pipe = _redis().pipeline(transaction=False)
+        pipe = broker_client().pipeline(transaction=False)
         pipe.hdel(base, node)
         pipe.hdel(draining, node)
         pipe.execute()
@@ -350,7 +336,7 @@ _shutting_down = False
 def mark_draining(node: str, draining: bool) -> None:
     """Mark the worker draining (it takes no new job), or not. Raises RedisError."""
     _, draining_key = keys()
-    pipe = _redis().pipeline(transaction=False)
+    pipe = broker_client().pipeline(transaction=False)
     if draining:
         pipe.hset(draining_key, node, str(time.time()))
         pipe.expire(draining_key, FORGET_SECONDS)

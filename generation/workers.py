@@ -3,12 +3,12 @@
 import logging
 
 from django.conf import settings
-from redis import Redis
 from redis.exceptions import RedisError
 
 from studio.celery import app
 
 from . import worker_registry
+from .broker import broker_client
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def broker_backlog() -> int:
     """Messages waiting in the generation queue. Celery's Redis transport keeps a queue as
     a list named after it; reserved and running messages are not in it."""
     try:
-        return Redis.from_url(settings.CELERY_BROKER_URL).llen(settings.STUDIO_QUEUE)
+        return broker_client().llen(settings.STUDIO_QUEUE)
     except RedisError as exc:
         log.warning("cannot read the broker backlog: %s", exc)
         # Unknown backlog: claim a full one, so the reaper sends nothing twice.
